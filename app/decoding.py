@@ -1,0 +1,96 @@
+"""Turn raw bytes into a validated :data:`~app.events.Event`, or say exactly why not.
+
+:func:`decode_event` never raises: every input, however malformed, yields either
+an event or a :class:`Rejection` with a reason code from a small fixed set (safe
+as a metric label) and a human-readable detail.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+import orjson
+
+from app.events import Event, struct_for
+
+MAX_EVENT_BYTES: Final = 64 * 1024
+# Years outside this range are typos or unit mix-ups (seconds read as milliseconds).
+MIN_YEAR: Final = 2000
+MAX_YEAR: Final = 2100
+
+
+class Reason(StrEnum):
+    """Why an input was rejected; a closed set, so it can label metrics."""
+
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    FIELD_TOO_LONG = "field_too_long"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    reason: Reason
+    detail: str
+
+
+_TIMESTAMP_FIELD = re.compile(r"at `\$\.occurred_at`")
+
+
+def _classify(error: msgspec.ValidationError) -> Reason:
+    message = str(error)
+    if _TIMESTAMP_FIELD.search(message):
+        return Reason.BAD_TIMESTAMP
+    if message.startswith("Object missing required field"):
+        return Reason.MISSING_FIELD
+    if "of length <=" in message:
+        return Reason.FIELD_TOO_LONG
+    if message.startswith("Expected `") and "`, got `" in message:
+        return Reason.WRONG_TYPE
+    return Reason.INVALID_VALUE
+
+
+def decode_event(raw: bytes | bytearray | memoryview | str) -> Event | Rejection:
+    """Decode one JSON event.
+
+    >>> decode_event(b'{"event_id": "e1", "customer_id": "c1", "event_type": "search",'
+    ...              b' "occurred_at": "2026-11-25T10:00:00Z", "query": "best headphones"}').query
+    'best headphones'
+    >>> decode_event(b'{"event_id": "e1"}').reason
+    <Reason.MISSING_FIELD: 'missing_field'>
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(Reason.TOO_LARGE, f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(Reason.NOT_JSON, f"not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Rejection(Reason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    event_type = obj.get("event_type")
+    if event_type is None:
+        return Rejection(Reason.MISSING_FIELD, "Object missing required field `event_type`")
+    if not isinstance(event_type, str):
+        return Rejection(Reason.WRONG_TYPE, "`event_type` must be a string")
+    struct = struct_for(event_type)
+    if struct is None:
+        return Rejection(Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {event_type[:64]!r}")
+    try:
+        event = msgspec.convert(obj, struct, strict=True)
+    except msgspec.ValidationError as exc:
+        return Rejection(_classify(exc), str(exc))
+    year = event.occurred_at.year
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        return Rejection(
+            Reason.TIMESTAMP_OUT_OF_RANGE,
+            f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}",
+        )
+    return event

@@ -1,0 +1,253 @@
+"""The detection core: one customer's event in, window updated, micro-moments out.
+
+Pure and synchronous. :meth:`Detector.observe` updates the customer's
+:class:`~app.window.CustomerState` in place and returns what the event
+completed; :meth:`Detector.expire` fires an absence-based moment whose deadline
+event time has passed. Neither knows about Kafka, Redis or asyncio, so replay,
+the streaming worker and the tests run exactly this code.
+
+>>> from app.config import load_catalogue
+>>> from app.decoding import decode_event
+>>> detector = Detector(load_catalogue())
+>>> state = CustomerState(customer_id="c1")
+>>> event = decode_event(b'{"event_id": "e1", "customer_id": "c1", "event_type": "compare_view",'
+...                      b' "occurred_at": "2026-11-25T10:00:00Z"}')
+>>> [d.moment for d in detector.observe(state, event).detections]
+['price_comparison']
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from app.config import Catalogue
+from app.events import ClickstreamEvent, Event, Kind, PurchaseEvent
+from app.journey import journey_stage
+from app.moments.base import Candidate, Moment
+from app.moments.cart_abandonment import CartAbandonment
+from app.moments.frustration import Frustration
+from app.moments.local_intent import LocalIntent
+from app.moments.post_purchase_howto import PostPurchaseHowto
+from app.moments.price_comparison import PriceComparison
+from app.moments.review_seeking import ReviewSeeking
+from app.signals import Vocabulary
+from app.window import CustomerState, Entry, Order, contains_event, insert, prune
+
+
+class Decider(StrEnum):
+    RULES = "rules"
+
+
+class Detection(msgspec.Struct, kw_only=True, gc=False):
+    """A candidate that cleared its threshold and cooldown: everything a trigger says."""
+
+    moment: str
+    customer_id: str
+    ts: int
+    anchor: str
+    score: float
+    threshold: float
+    decided_by: str
+    reasons: list[str]
+    evidence: list[str]
+    explanation: str
+    journey_stage: str
+    window: dict[str, int]
+    expires_at: int
+    attributes: dict[str, Any]
+    session_id: str | None
+    channel: str | None
+
+
+class Observation(msgspec.Struct, gc=False):
+    duplicate: bool = False
+    detections: list[Detection] = msgspec.field(default_factory=list)
+    # moment -> why a candidate did not become a trigger ("below_threshold", "cooldown")
+    suppressed: list[tuple[str, str]] = msgspec.field(default_factory=list)
+
+
+class Detector:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        cfg = catalogue.moments
+        self.cart = CartAbandonment(cfg.cart_abandonment)
+        every: list[Moment] = [
+            PriceComparison(cfg.price_comparison),
+            ReviewSeeking(cfg.review_seeking),
+            self.cart,
+            PostPurchaseHowto(cfg.post_purchase_howto),
+            LocalIntent(cfg.local_intent),
+            Frustration(cfg.frustration),
+        ]
+        self.moments = {m.name: m for m in every if m.config.enabled}
+        self._evaluated_on: dict[int, list[Moment]] = {
+            kind: [m for m in self.moments.values() if kind in m.kinds and m is not self.cart]
+            for kind in Kind
+        }
+        self._tracks_cart = self.cart.name in self.moments
+        self.vocabulary = Vocabulary(
+            price_words=cfg.price_comparison.keywords,
+            review_words=cfg.review_seeking.keywords,
+            howto_words=cfg.post_purchase_howto.keywords,
+            local_words=cfg.local_intent.keywords,
+            price_sorts=cfg.price_comparison.price_sorts,
+            review_sorts=cfg.review_seeking.review_sorts,
+            declined_codes=cfg.frustration.declined_codes,
+        )
+        window = catalogue.window
+        looks_back = [
+            cfg.price_comparison.window,
+            cfg.review_seeking.window,
+            cfg.local_intent.window,
+            cfg.frustration.window,
+            window.stats_window,
+        ]
+        # A late event is evaluated as of its own time, so keep what its windows need.
+        self.retention = max(looks_back) + window.allowed_lateness
+
+    def observe(self, state: CustomerState, event: Event, ts: int) -> Observation:
+        """Add ``event`` (whose ``occurred_at`` is ``ts`` ms) to ``state``; return what it completes.
+
+        An event id already in the window changes nothing, so reprocessing after
+        a crash and producer retries are harmless.
+        """
+        if contains_event(state, event.event_id):
+            return Observation(duplicate=True)
+        entry = self._entry(event, ts)
+        insert(state.entries, entry)
+        self._remember(state, event, ts)
+        purchased: list[str] = []
+        if isinstance(event, PurchaseEvent):
+            purchased = [item.product_id for item in event.items]
+            self._record_order(state, event, ts, purchased)
+        if self._tracks_cart and entry.kind in self.cart.kinds:
+            self.cart.track(state, entry, purchased)
+        observation = Observation()
+        for moment in self._evaluated_on[entry.kind]:
+            candidate = moment.evaluate(state, entry)
+            if candidate is not None:
+                self._decide(state, candidate, observation)
+        window = self.catalogue.window
+        prune(
+            state,
+            retention=self.retention,
+            max_events=window.max_events,
+            order_retention=window.order_retention,
+            max_orders=window.max_orders,
+        )
+        return observation
+
+    def expire(self, state: CustomerState) -> Observation:
+        """Fire the customer's absence deadline; the caller knows it has passed."""
+        observation = Observation()
+        candidate = self.cart.fire(state)
+        if candidate is not None:
+            self._decide(state, candidate, observation)
+        return observation
+
+    def expires_at(self, state: CustomerState) -> int:
+        """Event time after which the state holds nothing any detection still needs."""
+        ends = [state.last_ts + self.retention]
+        ends.extend(
+            fired + self.moments[moment].config.cooldown
+            for moment, fired in state.cooldowns.items()
+            if moment in self.moments
+        )
+        if state.orders:
+            ends.append(state.orders[-1].ts + self.catalogue.window.order_retention)
+        if state.cart is not None and state.cart.deadline is not None:
+            ends.append(state.cart.deadline + self.cart.config.cooldown)
+        return max(ends)
+
+    def _decide(self, state: CustomerState, candidate: Candidate, observation: Observation) -> None:
+        moment = self.moments[candidate.moment]
+        cfg = moment.config
+        if candidate.score < cfg.threshold:
+            observation.suppressed.append((candidate.moment, "below_threshold"))
+            return
+        last = state.cooldowns.get(candidate.moment)
+        # Symmetric, so a late event cannot slip a trigger in just before the last one.
+        if last is not None and abs(candidate.ts - last) < cfg.cooldown:
+            observation.suppressed.append((candidate.moment, "cooldown"))
+            return
+        state.cooldowns[candidate.moment] = max(candidate.ts, last or candidate.ts)
+        observation.detections.append(self._detection(state, candidate, cfg.threshold, cfg.ttl))
+
+    def _detection(self, state: CustomerState, candidate: Candidate, threshold: float, ttl: int) -> Detection:
+        journey = self.catalogue.journey
+        now = candidate.ts
+        return Detection(
+            moment=candidate.moment,
+            customer_id=state.customer_id,
+            ts=now,
+            anchor=candidate.anchor,
+            score=candidate.score,
+            threshold=threshold,
+            decided_by=Decider.RULES,
+            reasons=candidate.reasons,
+            evidence=candidate.evidence,
+            explanation=candidate.explanation,
+            journey_stage=journey_stage(
+                state,
+                now,
+                recent=self.catalogue.window.stats_window,
+                post_purchase=journey.post_purchase,
+                loyalty_min_orders=journey.loyalty_min_orders,
+            ),
+            window=self._window_stats(state, now),
+            expires_at=now + ttl,
+            attributes=candidate.attributes,
+            session_id=state.session_id,
+            channel=state.channel,
+        )
+
+    def _window_stats(self, state: CustomerState, now: int) -> dict[str, int]:
+        start = now - self.catalogue.window.stats_window
+        recent = [e for e in state.entries if start <= e.ts <= now]
+        products = {e.product_id for e in recent if e.product_id is not None}
+        categories = {e.category for e in recent if e.category is not None}
+        return {
+            "events": len(recent),
+            "product_views": sum(1 for e in recent if e.kind == Kind.PRODUCT_VIEW),
+            "searches": sum(1 for e in recent if e.kind == Kind.SEARCH),
+            "distinct_products": len(products),
+            "distinct_categories": len(categories),
+            "span_seconds": (now - recent[0].ts) // 1000 if recent else 0,
+        }
+
+    def _entry(self, event: Event, ts: int) -> Entry:
+        kind = Kind.of(event.event_type)
+        flags = self.vocabulary.signals(event)
+        if isinstance(event, ClickstreamEvent):
+            detail = event.step if kind == Kind.CHECKOUT_STEP else event.error_code
+            return Entry(
+                ts, kind, event.event_id, event.product_id, event.category, event.price, flags, detail
+            )
+        if isinstance(event, PurchaseEvent):
+            return Entry(ts, kind, event.event_id, None, None, event.total, flags, event.order_id)
+        return Entry(ts, kind, event.event_id, None, None, None, flags, None)
+
+    @staticmethod
+    def _remember(state: CustomerState, event: Event, ts: int) -> None:
+        if ts >= state.last_ts:
+            state.last_ts = ts
+            if event.session_id != state.session_id:
+                state.session_id = event.session_id
+                state.session_start = ts
+            state.channel = event.channel or state.channel
+            state.device = event.device or state.device
+            state.timezone = event.timezone or state.timezone
+
+    def _record_order(self, state: CustomerState, event: PurchaseEvent, ts: int, products: list[str]) -> None:
+        if event.event_type == "refund":
+            for order in state.orders:
+                if order.order_id == event.order_id:
+                    order.refunded = True
+            return
+        insert_at = len(state.orders)
+        while insert_at and state.orders[insert_at - 1].ts > ts:
+            insert_at -= 1
+        state.orders.insert(insert_at, Order(ts, event.event_id, event.order_id, products))

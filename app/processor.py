@@ -1,0 +1,169 @@
+"""Event time for one stream: a replay, or one Kafka partition.
+
+The :class:`StreamProcessor` owns the stream's clock (the latest ``occurred_at``
+seen), derives the watermark (clock minus the allowed lateness), rejects events
+that are too late or absurdly far ahead, fires absence deadlines as the
+watermark passes them, and hands everything else to the :class:`Detector`.
+
+Processing a batch is exactly processing its events one by one: the result
+does not depend on how the stream was cut into batches. The caller supplies the
+states of every customer the batch touches, including those whose deadlines
+fall due (:meth:`StreamProcessor.due`), and persists what comes back.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
+
+import msgspec
+
+from app.detector import Detection, Detector, Observation
+from app.events import Event
+from app.window import CustomerState
+
+END_OF_TIME = 2**62
+
+
+class Status(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    # Rejected: further ahead of the stream clock than ``max_future_skew``.
+    TOO_FAR_AHEAD = "timestamp_out_of_range"
+
+
+class Outcome(msgspec.Struct, gc=False):
+    """What a batch did; ``statuses`` is aligned with the batch's events."""
+
+    statuses: list[Status] = msgspec.field(default_factory=list)
+    detections: list[Detection] = msgspec.field(default_factory=list)
+    suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
+    # Customers whose state changed and must be saved.
+    touched: set[str] = msgspec.field(default_factory=set)
+    # Customer -> their new absence deadline, or None once it is gone.
+    deadlines: dict[str, int | None] = msgspec.field(default_factory=dict)
+
+
+class StreamProcessor:
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        clock: int | None = None,
+        deadlines: Mapping[str, int] | None = None,
+    ) -> None:
+        self.detector = detector
+        self.clock = clock
+        window = detector.catalogue.window
+        self._lateness = window.allowed_lateness
+        self._skew = window.max_future_skew
+        self._deadlines: dict[str, int] = dict(deadlines or {})
+        self._heap = [(deadline, customer) for customer, deadline in self._deadlines.items()]
+        heapq.heapify(self._heap)
+
+    @property
+    def watermark(self) -> int | None:
+        return None if self.clock is None else self.clock - self._lateness
+
+    @property
+    def deadlines(self) -> Mapping[str, int]:
+        return self._deadlines
+
+    def clock_after(self, timestamps: Iterable[int]) -> int | None:
+        """The clock once events with these ``occurred_at`` (ms) were processed."""
+        clock = self.clock
+        for ts in timestamps:
+            if clock is None or clock < ts <= clock + self._skew:
+                clock = ts
+        return clock
+
+    def due(self, events: Sequence[Event]) -> set[str]:
+        """Customers whose deadlines the batch's watermark will pass: load their states too."""
+        clock = self.clock_after(event.ts for event in events)
+        if clock is None:
+            return set()
+        watermark = clock - self._lateness
+        heap, current, found = self._heap, self._deadlines, set()
+        # Walk only the heap's subtrees whose root is due: O(due), not O(pending).
+        stack = [0] if heap else []
+        while stack:
+            i = stack.pop()
+            deadline, customer = heap[i]
+            if deadline <= watermark:
+                if current.get(customer) == deadline:
+                    found.add(customer)
+                stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))
+        return found
+
+    def process(self, events: Sequence[Event], states: dict[str, CustomerState]) -> Outcome:
+        """Process ``events`` in order; ``states`` gains new customers and is updated in place."""
+        outcome = Outcome()
+        statuses = outcome.statuses
+        detector = self.detector
+        for event in events:
+            ts = event.ts
+            clock = self.clock
+            if clock is not None:
+                if ts > clock + self._skew:
+                    statuses.append(Status.TOO_FAR_AHEAD)
+                    continue
+                if ts < clock - self._lateness:
+                    statuses.append(Status.LATE)
+                    continue
+            if clock is None or ts > clock:
+                self.clock = ts
+                self._fire_due(ts - self._lateness, states, outcome)
+            customer = event.customer_id
+            state = states.get(customer)
+            if state is None:
+                state = states[customer] = CustomerState(customer_id=customer)
+            observation = detector.observe(state, event, ts)
+            if observation.duplicate:
+                statuses.append(Status.DUPLICATE)
+                continue
+            statuses.append(Status.APPLIED)
+            self._collect(state, observation, outcome)
+        return outcome
+
+    def flush(self, states: dict[str, CustomerState]) -> Outcome:
+        """End of input: fire every deadline still pending (replay's last step)."""
+        outcome = Outcome()
+        self._fire_due(END_OF_TIME, states, outcome)
+        return outcome
+
+    def _fire_due(self, watermark: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= watermark:
+            deadline, customer = heapq.heappop(heap)
+            if self._deadlines.get(customer) != deadline:
+                continue  # moved or disarmed since it was pushed
+            state = states.get(customer)
+            if state is None:
+                raise LookupError(
+                    f"state of a customer with a due deadline was not loaded; "
+                    f"callers must load StreamProcessor.due() customers ({deadline=})"
+                )
+            self._collect(state, self.detector.expire(state), outcome)
+
+    def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:
+        customer = state.customer_id
+        outcome.touched.add(customer)
+        outcome.detections.extend(observation.detections)
+        outcome.suppressed.update(observation.suppressed)
+        cart = state.cart
+        deadline = cart.deadline if cart is not None else None
+        if deadline == self._deadlines.get(customer):
+            return
+        if deadline is None:
+            del self._deadlines[customer]
+        else:
+            self._deadlines[customer] = deadline
+            heapq.heappush(self._heap, (deadline, customer))
+            if len(self._heap) > 2 * len(self._deadlines) + 1024:
+                # Moved deadlines leave stale heap entries behind; shed them.
+                self._heap = [(d, c) for c, d in self._deadlines.items()]
+                heapq.heapify(self._heap)
+        outcome.deadlines[customer] = deadline

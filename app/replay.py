@@ -1,0 +1,185 @@
+"""``micromoments replay``: event files in, triggers out, no servers.
+
+The files are read in order as one stream through the same pipeline the
+streaming worker uses, with the in-memory state store. Bad lines are reported
+with file, line and reason and skipped (``strict`` makes the first one fatal);
+when the input ends, pending absence deadlines are flushed. Same input and
+configuration, byte-identical output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import msgspec
+import orjson
+from tqdm import tqdm
+
+from app.config import Catalogue
+from app.decoding import Rejection, decode_event
+from app.detector import Detector
+from app.events import Event
+from app.pipeline import Batch, StreamPipeline
+from app.processor import Status
+from app.state.memory import MemoryStateStore
+from app.triggers import encode, to_cloudevent
+
+BATCH_SIZE = 2000
+REPLAY_STREAM = "replay"
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """A line that was rejected."""
+
+    file: str
+    line: int
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}: {self.detail}"
+
+
+class ReplayError(Exception):
+    """``--strict`` and a bad line."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+class Summary(msgspec.Struct):
+    files: int = 0
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: Counter[str] = msgspec.field(default_factory=Counter)
+    triggers: Counter[str] = msgspec.field(default_factory=Counter)
+    suppressed: Counter[str] = msgspec.field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        rate = self.read / self.seconds if self.seconds else 0.0
+        lines = [
+            f"replayed {self.files} file(s): {self.read:,} events in {self.seconds:.2f} s"
+            f" ({rate:,.0f} events/s)",
+            f"  applied {self.applied:,} | duplicates {self.duplicates:,} | late {self.late:,}"
+            f" | rejected {sum(self.rejected.values()):,}",
+        ]
+        if self.rejected:
+            lines.append("  rejected by reason: " + _counts(self.rejected))
+        lines.append(
+            f"  triggers {sum(self.triggers.values()):,}"
+            + (": " + _counts(self.triggers) if self.triggers else "")
+        )
+        if self.suppressed:
+            lines.append("  not triggered: " + _counts(self.suppressed))
+        return "\n".join(lines)
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} {n:,}" for key, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+Line = tuple[str, int, bytes]
+
+
+def read_lines(paths: Sequence[Path], progress: Callable[[int], object] | None = None) -> Iterator[Line]:
+    """Non-blank lines of every file in turn, with their origin."""
+    for path in paths:
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                if progress is not None:
+                    progress(len(raw))
+                if raw.strip():
+                    yield str(path), number, raw
+
+
+async def replay(
+    paths: Sequence[Path],
+    catalogue: Catalogue,
+    *,
+    out: IO[bytes],
+    on_problem: Callable[[Problem], None],
+    strict: bool = False,
+    show_progress: bool | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Summary:
+    """Replay ``paths`` and write one trigger per line to ``out``."""
+    started = time.perf_counter()
+    detector = Detector(catalogue)
+    pipeline = await StreamPipeline.open(detector, MemoryStateStore(), REPLAY_STREAM)
+    source = catalogue.trigger.source
+    summary = Summary(files=len(paths))
+
+    def problem(file: str, line: int, reason: str, detail: str) -> None:
+        found = Problem(file, line, reason, detail)
+        summary.rejected[reason] += 1
+        if strict:
+            raise ReplayError(found)
+        on_problem(found)
+
+    async def run(events: list[Event], origins: list[tuple[str, int]]) -> None:
+        batch = await pipeline.run(events)
+        for status, (file, line), event in zip(batch.outcome.statuses, origins, events, strict=True):
+            if status is Status.APPLIED:
+                summary.applied += 1
+            elif status is Status.DUPLICATE:
+                summary.duplicates += 1
+            elif status is Status.LATE:
+                summary.late += 1
+            else:
+                problem(
+                    file,
+                    line,
+                    status.value,
+                    f"occurred_at {event.occurred_at.isoformat()} is more than the allowed"
+                    f" skew ahead of the stream's latest event",
+                )
+        await finish(batch)
+
+    async def finish(batch: Batch) -> None:
+        outcome = batch.outcome
+        for detection in outcome.detections:
+            out.write(encode(to_cloudevent(detection, source=source)) + b"\n")
+            summary.triggers[detection.moment] += 1
+        for (_, reason), n in outcome.suppressed.items():
+            summary.suppressed[reason] += n
+        await pipeline.commit(batch)
+
+    total = sum(path.stat().st_size for path in paths)
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="replay", disable=_disabled(show_progress), leave=False
+    ) as bar:
+        events: list[Event] = []
+        origins: list[tuple[str, int]] = []
+        for file, number, raw in read_lines(paths, bar.update):
+            summary.read += 1
+            decoded = decode_event(raw)
+            if isinstance(decoded, Rejection):
+                problem(file, number, decoded.reason.value, decoded.detail)
+                continue
+            events.append(decoded)
+            origins.append((file, number))
+            if len(events) >= batch_size:
+                await run(events, origins)
+                events, origins = [], []
+        if events:
+            await run(events, origins)
+    await finish(await pipeline.flush())
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _disabled(show: bool | None) -> bool | None:
+    # None lets tqdm decide: shown on a terminal, silent in pipes and CI logs.
+    return None if show is None else not show
+
+
+def problem_record(problem: Problem) -> bytes:
+    return orjson.dumps(msgspec.to_builtins(problem)) + b"\n"

@@ -1,0 +1,1 @@
+"""Where customers' window state and each stream's checkpoint live between batches."""

@@ -1,0 +1,88 @@
+"""The in-memory :class:`~app.state.store.StateStore`, for replay and tests.
+
+Idle customers expire in event time: a state saved with ``expires_at`` is
+dropped once a later save moves the clock past it, so memory stays flat however
+many customers come and go.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Mapping, Sequence
+
+from app.state.codec import decode_state, encode_state
+from app.state.store import Checkpoint, ConflictError, StateWrite, Versioned
+
+
+class MemoryStateStore:
+    def __init__(self) -> None:
+        self._blobs: dict[str, tuple[bytes, int, int]] = {}  # customer -> (state, version, expires_at)
+        self._expiry: list[tuple[int, str]] = []
+        self._clocks: dict[str, int | None] = {}
+        self._deadlines: dict[str, dict[str, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
+        found = {}
+        for customer in customers:
+            stored = self._blobs.get(customer)
+            if stored is not None:
+                found[customer] = Versioned(decode_state(stored[0]), stored[1])
+        return found
+
+    async def save(
+        self,
+        stream: str,
+        writes: Sequence[StateWrite],
+        *,
+        clock: int | None,
+        deadlines: Mapping[str, int | None],
+    ) -> None:
+        conflicts = [
+            w.state.customer_id for w in writes if self._version(w.state.customer_id) != w.expected_version
+        ]
+        if conflicts:
+            raise ConflictError(conflicts)
+        for write in writes:
+            customer = write.state.customer_id
+            self._blobs[customer] = (encode_state(write.state), write.expected_version + 1, write.expires_at)
+            heapq.heappush(self._expiry, (write.expires_at, customer))
+        if len(self._expiry) > 2 * len(self._blobs) + 1024:
+            # Every save pushes; shed the entries later saves made stale.
+            self._expiry = [(expires_at, c) for c, (_, _, expires_at) in self._blobs.items()]
+            heapq.heapify(self._expiry)
+        self._clocks[stream] = clock
+        pending = self._deadlines.setdefault(stream, {})
+        for customer, deadline in deadlines.items():
+            if deadline is None:
+                pending.pop(customer, None)
+            else:
+                pending[customer] = deadline
+        if clock is not None:
+            self._expire(clock)
+
+    async def checkpoint(self, stream: str) -> Checkpoint:
+        return Checkpoint(self._clocks.get(stream), dict(self._deadlines.get(stream, {})))
+
+    async def forget(self, customer: str) -> bool:
+        found = self._blobs.pop(customer, None) is not None
+        for pending in self._deadlines.values():
+            found = pending.pop(customer, None) is not None or found
+        return found
+
+    async def close(self) -> None:
+        return None
+
+    def _version(self, customer: str) -> int:
+        stored = self._blobs.get(customer)
+        return 0 if stored is None else stored[1]
+
+    def _expire(self, now: int) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            expires_at, customer = heapq.heappop(expiry)
+            stored = self._blobs.get(customer)
+            if stored is not None and stored[2] == expires_at:
+                del self._blobs[customer]

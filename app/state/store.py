@@ -1,0 +1,73 @@
+"""The contract every state store keeps; ``tests/test_state_contract.py`` checks it.
+
+Two kinds of data, both written only after a batch's triggers are safely out:
+
+- per customer: the window state, versioned, so a write from a worker that has
+  lost the customer (a zombie after a rebalance) is refused instead of
+  silently overwriting the new owner's work;
+- per stream (a replay, or one Kafka partition): the event-time clock and the
+  pending absence deadlines, so they survive restarts and rebalances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+
+from app.window import CustomerState
+
+
+class Versioned(msgspec.Struct, frozen=True, gc=False):
+    state: CustomerState
+    version: int
+
+
+class StateWrite(msgspec.Struct, frozen=True, gc=False):
+    state: CustomerState
+    # The version the state was loaded at; 0 for a customer new to the store.
+    expected_version: int
+    # Event time (ms) after which the state is of no further use.
+    expires_at: int
+
+
+class Checkpoint(msgspec.Struct, frozen=True, gc=False):
+    clock: int | None
+    deadlines: dict[str, int]
+
+
+class ConflictError(RuntimeError):
+    """Someone else wrote a customer's state since it was loaded."""
+
+    def __init__(self, customers: Collection[str]) -> None:
+        super().__init__(f"state of {len(customers)} customer(s) changed since it was loaded")
+        self.customers = set(customers)
+
+
+class StateStore(Protocol):
+    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
+        """The stored states of ``customers``; unknown or expired customers are absent."""
+
+    async def save(
+        self,
+        stream: str,
+        writes: Sequence[StateWrite],
+        *,
+        clock: int | None,
+        deadlines: Mapping[str, int | None],
+    ) -> None:
+        """Write states and the stream's checkpoint changes, all or nothing.
+
+        Raises :class:`ConflictError`, writing nothing, if any state's stored
+        version differs from its ``expected_version``. ``deadlines`` maps a
+        customer to a new deadline, or to ``None`` to drop theirs.
+        """
+
+    async def checkpoint(self, stream: str) -> Checkpoint:
+        """The stream's clock and pending deadlines (empty for a new stream)."""
+
+    async def forget(self, customer: str) -> bool:
+        """Erase everything held about ``customer``; True if there was anything."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,104 @@
+"""A customer's sliding window in event time: the state the detection core reads and updates.
+
+Everything here is plain data plus small pure helpers. The state is bounded by
+construction: entries are pruned by age and capped in number, orders likewise,
+and free text never enters it (search queries are reduced to signal flags).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+
+import msgspec
+
+
+class Entry(msgspec.Struct, array_like=True, gc=False):
+    """One observed event, reduced to what detection needs."""
+
+    ts: int
+    kind: int
+    event_id: str
+    product_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    flags: int = 0
+    # The checkout step for ``checkout_step`` events, the error code for ``error`` events.
+    detail: str | None = None
+
+
+class Order(msgspec.Struct, array_like=True, gc=False):
+    ts: int
+    event_id: str
+    order_id: str
+    products: list[str]
+    refunded: bool = False
+
+
+class Cart(msgspec.Struct, array_like=True, gc=False):
+    """An open cart and the abandonment deadline it arms."""
+
+    products: list[str]
+    event_ids: list[str]
+    last_activity: int
+    deadline: int | None
+    # The event that set the current deadline; the trigger id derives from it.
+    anchor: str
+    value: float = 0.0
+    checkout_started: bool = False
+
+
+class CustomerState(msgspec.Struct, gc=False):
+    customer_id: str
+    entries: list[Entry] = msgspec.field(default_factory=list)
+    orders: list[Order] = msgspec.field(default_factory=list)
+    cart: Cart | None = None
+    # moment name -> event time (ms) of the last published trigger
+    cooldowns: dict[str, int] = msgspec.field(default_factory=dict)
+    # The latest ``occurred_at`` (ms) seen for this customer.
+    last_ts: int = 0
+    session_id: str | None = None
+    session_start: int = 0
+    channel: str | None = None
+    device: str | None = None
+    timezone: str | None = None
+
+
+def between(entries: Sequence[Entry], start: int, end: int) -> Sequence[Entry]:
+    """The entries with ``start <= ts <= end``; ``entries`` is sorted by ``ts``."""
+    lo = bisect_left(entries, start, key=_ts)
+    hi = bisect_right(entries, end, lo=lo, key=_ts)
+    return entries[lo:hi]
+
+
+def insert(entries: list[Entry], entry: Entry) -> None:
+    """Insert keeping ``entries`` sorted by time; equal times keep arrival order."""
+    if not entries or entries[-1].ts <= entry.ts:
+        entries.append(entry)
+    else:
+        entries.insert(bisect_right(entries, entry.ts, key=_ts), entry)
+
+
+def contains_event(state: CustomerState, event_id: str) -> bool:
+    # Newest first: duplicates from retries and reprocessing are recent.
+    return any(entry.event_id == event_id for entry in reversed(state.entries))
+
+
+def prune(
+    state: CustomerState, *, retention: int, max_events: int, order_retention: int, max_orders: int
+) -> None:
+    """Drop what no detection can use any more, and cap what is left."""
+    entries = state.entries
+    horizon = state.last_ts - retention
+    if entries and entries[0].ts < horizon:
+        del entries[: bisect_left(entries, horizon, key=_ts)]
+    if len(entries) > max_events:
+        del entries[: len(entries) - max_events]
+    orders = state.orders
+    order_horizon = state.last_ts - order_retention
+    if orders and (orders[0].ts < order_horizon or len(orders) > max_orders):
+        state.orders = [o for o in orders if o.ts >= order_horizon][-max_orders:]
+
+
+def _ts(entry: Entry) -> int:
+    return entry.ts
