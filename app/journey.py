@@ -24,17 +24,19 @@ def journey_stage(
 ) -> Stage:
     """The stage as of ``now``, looking back ``recent`` ms for shopping activity.
 
-    Current shopping wins over history: an open cart or a checkout step means
-    ``purchase``; browsing products means ``consideration``; otherwise an order
-    within ``post_purchase`` ms means ``post_purchase``, or ``loyalty`` for a
-    customer with at least ``loyalty_min_orders`` orders on record.
+    Shopping since the latest order wins over history: an open cart or a
+    checkout step means ``purchase``; browsing products means ``consideration``.
+    Otherwise a customer with at least ``loyalty_min_orders`` orders on record
+    is in ``loyalty``, one with an order within ``post_purchase`` ms in
+    ``post_purchase``, and anybody else in ``awareness``.
     """
-    kinds = {entry.kind for entry in between(state.entries, now - recent, now)}
+    orders = [order for order in state.orders if order.ts <= now and not order.refunded]
+    since = max(now - recent, orders[-1].ts + 1 if orders else 0)
+    kinds = {entry.kind for entry in between(state.entries, since, now)}
     if (state.cart is not None and state.cart.products) or kinds & _PURCHASE_KINDS:
         return Stage.PURCHASE
     if kinds & _CONSIDERATION_KINDS:
         return Stage.CONSIDERATION
-    orders = [order for order in state.orders if order.ts <= now and not order.refunded]
     if len(orders) >= loyalty_min_orders:
         return Stage.LOYALTY
     if orders and orders[-1].ts >= now - post_purchase:

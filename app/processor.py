@@ -142,10 +142,10 @@ class StreamProcessor:
                 continue  # moved or disarmed since it was pushed
             state = states.get(customer)
             if state is None:
-                raise LookupError(
-                    f"state of a customer with a due deadline was not loaded; "
-                    f"callers must load StreamProcessor.due() customers ({deadline=})"
-                )
+                # Erased (the right to be forgotten) or expired since: nothing to fire.
+                del self._deadlines[customer]
+                outcome.deadlines[customer] = None
+                continue
             self._collect(state, self.detector.expire(state), outcome)
 
     def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:

@@ -26,6 +26,7 @@ from app.events import Event
 from app.pipeline import Batch, StreamPipeline
 from app.processor import Status
 from app.state.memory import MemoryStateStore
+from app.state.store import StateStore
 from app.triggers import encode, to_cloudevent
 
 BATCH_SIZE = 2000
@@ -109,11 +110,12 @@ async def replay(
     strict: bool = False,
     show_progress: bool | None = None,
     batch_size: int = BATCH_SIZE,
+    store: StateStore | None = None,
 ) -> Summary:
-    """Replay ``paths`` and write one trigger per line to ``out``."""
+    """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``."""
     started = time.perf_counter()
     detector = Detector(catalogue)
-    pipeline = await StreamPipeline.open(detector, MemoryStateStore(), REPLAY_STREAM)
+    pipeline = await StreamPipeline.open(detector, store or MemoryStateStore(), REPLAY_STREAM)
     source = catalogue.trigger.source
     summary = Summary(files=len(paths))
 

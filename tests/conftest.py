@@ -1,0 +1,3 @@
+"""Shared fixtures: real servers live in ``servers.py``."""
+
+pytest_plugins = ["servers"]

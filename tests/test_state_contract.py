@@ -1,0 +1,194 @@
+"""The state-store contract: the in-memory store and the Redis store must behave alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.config import load_catalogue
+from app.replay import replay
+from app.state.codec import encode_state
+from app.state.memory import MemoryStateStore
+from app.state.redis import MIN_TTL_MS, RedisStateStore
+from app.state.store import ConflictError, StateStore, StateWrite
+from app.window import Cart, CustomerState, Entry, Order
+
+DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStateStore()
+        return
+    server = request.getfixturevalue("redis_server")
+    client = aioredis.Redis.from_url(server.url)
+    await client.flushdb()
+    yield RedisStateStore(client)
+    await client.aclose()
+
+
+def rich_state(customer: str = "c1") -> CustomerState:
+    return CustomerState(
+        customer_id=customer,
+        entries=[Entry(1_000, 1, "e1", "p1", "shoes", 59.5, 0, None), Entry(2_000, 11, "e2", flags=5)],
+        orders=[Order(3_000, "e3", "o1", ["p1"], refunded=False)],
+        cart=Cart(
+            products=["p2"],
+            event_ids=["e4"],
+            last_activity=4_000,
+            deadline=1_804_000,
+            anchor="e4",
+            value=12.0,
+            checkout_started=True,
+        ),
+        cooldowns={"price_comparison": 2_000},
+        last_ts=4_000,
+        session_id="s1",
+        session_start=1_000,
+        channel="web",
+        device="ios",
+        timezone="Europe/Paris",
+    )
+
+
+def write(state: CustomerState, version: int = 0, expires_at: int = 10_000_000) -> StateWrite:
+    return StateWrite(state, version, expires_at)
+
+
+async def test_unknown_customers_are_absent(store: StateStore) -> None:
+    assert await store.load(["nobody", "nobody-else"]) == {}
+    assert await store.load([]) == {}
+
+
+async def test_saved_state_round_trips_with_a_new_version(store: StateStore) -> None:
+    state = rich_state()
+    await store.save("p0", [write(state)], clock=4_000, deadlines={})
+    loaded = await store.load(["c1", "c2"])
+    assert list(loaded) == ["c1"]
+    assert loaded["c1"].version == 1
+    assert encode_state(loaded["c1"].state) == encode_state(state)
+
+
+async def test_each_save_increments_the_version(store: StateStore) -> None:
+    await store.save("p0", [write(rich_state())], clock=4_000, deadlines={})
+    await store.save("p0", [write(rich_state(), version=1)], clock=4_000, deadlines={})
+    assert (await store.load(["c1"]))["c1"].version == 2
+
+
+async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(store: StateStore) -> None:
+    await store.save("p0", [write(rich_state("c1"))], clock=4_000, deadlines={})
+    changed = rich_state("c1")
+    changed.last_ts = 9_999
+    with pytest.raises(ConflictError) as refused:
+        # c2 is fine, c1 was loaded at version 0 but is now at 1: the whole batch is refused.
+        await store.save(
+            "p0", [write(rich_state("c2")), write(changed, version=0)], clock=9_999, deadlines={"c2": 5_000}
+        )
+    assert refused.value.customers == {"c1"}
+    loaded = await store.load(["c1", "c2"])
+    assert list(loaded) == ["c1"]
+    assert loaded["c1"].state.last_ts == 4_000
+    checkpoint = await store.checkpoint("p0")
+    assert checkpoint.clock == 4_000
+    assert checkpoint.deadlines == {}
+
+
+async def test_a_write_expecting_a_state_that_is_gone_is_refused(store: StateStore) -> None:
+    with pytest.raises(ConflictError):
+        await store.save("p0", [write(rich_state(), version=3)], clock=1, deadlines={})
+
+
+async def test_two_writers_from_the_same_version_only_the_first_wins(store: StateStore) -> None:
+    await store.save("p0", [write(rich_state())], clock=4_000, deadlines={})
+    first = (await store.load(["c1"]))["c1"]
+    second = (await store.load(["c1"]))["c1"]
+    await store.save("p0", [write(first.state, first.version)], clock=4_000, deadlines={})
+    with pytest.raises(ConflictError):
+        await store.save("p1", [write(second.state, second.version)], clock=4_000, deadlines={})
+
+
+async def test_a_new_stream_has_no_checkpoint(store: StateStore) -> None:
+    checkpoint = await store.checkpoint("never-seen")
+    assert checkpoint.clock is None
+    assert checkpoint.deadlines == {}
+
+
+async def test_checkpoints_keep_clock_and_deadlines_per_stream(store: StateStore) -> None:
+    await store.save("p0", [], clock=5_000, deadlines={"c1": 7_000, "c2": 8_000})
+    await store.save("p1", [], clock=6_000, deadlines={"c3": 9_000})
+    await store.save("p0", [], clock=5_500, deadlines={"c1": None, "c2": 8_500})
+    p0, p1 = await store.checkpoint("p0"), await store.checkpoint("p1")
+    assert (p0.clock, p0.deadlines) == (5_500, {"c2": 8_500})
+    assert (p1.clock, p1.deadlines) == (6_000, {"c3": 9_000})
+
+
+async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> None:
+    await store.save(
+        "p0",
+        [write(rich_state("c1")), write(rich_state("c2"))],
+        clock=4_000,
+        deadlines={"c1": 1_804_000, "c2": 1_804_000},
+    )
+    await store.save("p1", [], clock=4_000, deadlines={"c1": 2_000_000})
+    assert await store.forget("c1") is True
+    assert list(await store.load(["c1", "c2"])) == ["c2"]
+    assert (await store.checkpoint("p0")).deadlines == {"c2": 1_804_000}
+    assert (await store.checkpoint("p1")).deadlines == {}
+    assert await store.forget("c1") is False
+
+
+async def test_replay_gives_the_same_triggers_on_either_store(redis_client: aioredis.Redis) -> None:
+    outputs = []
+    for store in (MemoryStateStore(), RedisStateStore(redis_client)):
+        out = _Sink()
+        await replay(
+            [DEMO], load_catalogue(), out=out, on_problem=pytest.fail, store=store, show_progress=False
+        )
+        outputs.append(out.data)
+    assert outputs[0].count(b"\n") > 100
+    assert outputs[0] == outputs[1]
+
+
+async def test_memory_store_drops_idle_customers_once_event_time_passes_their_expiry() -> None:
+    store = MemoryStateStore()
+    await store.save(
+        "p0",
+        [write(rich_state("c1"), expires_at=10_000), write(rich_state("c2"), expires_at=50_000)],
+        clock=4_000,
+        deadlines={},
+    )
+    await store.save("p0", [], clock=10_000, deadlines={})
+    assert list(await store.load(["c1", "c2"])) == ["c2"]
+    assert len(store) == 1
+
+
+async def test_redis_keys_expire_when_the_state_is_of_no_further_use(redis_client: aioredis.Redis) -> None:
+    store = RedisStateStore(redis_client)
+    await store.save(
+        "p0",
+        [write(rich_state("c1"), expires_at=4_000 + 3_600_000), write(rich_state("c2"), expires_at=4_001)],
+        clock=4_000,
+        deadlines={},
+    )
+    assert 3_590_000 < await redis_client.pttl(store.state_key("c1")) <= 3_600_000
+    assert MIN_TTL_MS - 10_000 < await redis_client.pttl(store.state_key("c2")) <= MIN_TTL_MS
+
+
+async def test_redis_keys_carry_the_customer_as_hash_tag(redis_client: aioredis.Redis) -> None:
+    store = RedisStateStore(redis_client)
+    await store.save("p7", [write(rich_state("cust-42"))], clock=4_000, deadlines={"cust-42": 9})
+    keys = sorted(k.decode() for k in await redis_client.keys("*"))
+    assert keys == ["mm:clock:{p7}", "mm:deadlines:{p7}", "mm:s:{cust-42}", "mm:streams"]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        return len(chunk)
