@@ -149,17 +149,23 @@ class Detector:
         return observation
 
     def expires_at(self, state: CustomerState) -> int:
-        """Event time after which the state holds nothing any detection still needs."""
+        """Event time after which the state holds nothing any detection still needs.
+
+        Stores compare it with the stream clock, while events up to
+        ``allowed_lateness`` behind the clock are still applied, so every span
+        is extended by the lateness (``retention`` already includes it).
+        """
+        lateness = self.catalogue.window.allowed_lateness
         ends = [state.last_ts + self.retention]
         ends.extend(
-            fired + self.moments[moment].config.cooldown
+            fired + self.moments[moment].config.cooldown + lateness
             for moment, fired in state.cooldowns.items()
             if moment in self.moments
         )
         if state.orders:
-            ends.append(state.orders[-1].ts + self.catalogue.window.order_retention)
+            ends.append(state.orders[-1].ts + self.catalogue.window.order_retention + lateness)
         if state.cart is not None and state.cart.deadline is not None:
-            ends.append(state.cart.deadline + self.cart.config.cooldown)
+            ends.append(state.cart.deadline + self.cart.config.cooldown + lateness)
         return max(ends)
 
     def _decide(self, state: CustomerState, candidate: Candidate, observation: Observation) -> None:

@@ -26,6 +26,9 @@ class FrustrationConfig(MomentConfig, kw_only=True, forbid_unknown_fields=True):
     declined_codes: list[str]
 
 
+# Help sought: a help view, or a search with how-to words (other searches return early).
+_HELP_KINDS = frozenset({Kind.HELP_VIEW, Kind.SEARCH})
+
 _SENTENCES = {
     "repeated_errors": "hit {repeated_errors} errors",
     "payment_declined": "had a payment declined",
@@ -59,7 +62,7 @@ class Frustration(Moment):
             if len(loop) >= cfg.min_step_repeats:
                 counts["checkout_loop"] = len(loop)
                 evidence.extend(e.event_id for e in loop)
-        elif any(e.ts >= entry.ts - cfg.help_after_error for e in errors):
+        elif entry.kind in _HELP_KINDS and any(e.ts >= entry.ts - cfg.help_after_error for e in errors):
             # A help view, or a how-to search, right after an error.
             counts["help_after_error"] = 1
             evidence.append(entry.event_id)

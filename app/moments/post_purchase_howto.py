@@ -49,7 +49,7 @@ class PostPurchaseHowto(Moment):
                 products.insert(0, entry.product_id)
         else:
             counts["howto_words"] = 1
-        days = max(1, (entry.ts - orders[0].ts) // 86_400_000)
+        days = max(1, -(-(entry.ts - orders[0].ts) // 86_400_000))  # rounded up: "within"
         action = "opened a help page" if entry.kind == Kind.HELP_VIEW else "searched how-to"
         about = "about a purchased product " if counts["help_for_purchased_product"] else ""
         sentence = f"Needs help after buying: {action} {about}within {days} day(s) of an order."

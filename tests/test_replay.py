@@ -1,0 +1,134 @@
+"""Replay and the ``micromoments replay`` command: bad lines are reported, never fatal unless strict."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import BAD_LINES, DEFAULTS, decode, random_objects, raw, run, trigger_bytes
+
+from app.cli import main
+from app.decoding import Reason
+from app.replay import Problem, ReplayError, replay
+
+GOOD = [raw("compare_view", "0s", event_id="g1"), raw("add_to_cart", "1m", event_id="g2", product_id="p1")]
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """Line 1 good, line 2 blank, then every kind of bad line, then a good one, then too far ahead."""
+    far = orjson.dumps(raw("page_view", "2d", event_id="g9"))
+    lines = [orjson.dumps(GOOD[0]), b"   ", *BAD_LINES.values(), orjson.dumps(GOOD[1]), far]
+    return write_lines(tmp_path / "mixed.jsonl", lines)
+
+
+EXPECTED_PROBLEMS = [(line, reason.value) for line, reason in enumerate(BAD_LINES, start=3)] + [
+    (3 + len(BAD_LINES) + 1, "timestamp_out_of_range")
+]
+
+
+async def test_replay_reports_every_bad_line_and_carries_on(mixed: Path) -> None:
+    problems: list[Problem] = []
+    out = io.BytesIO()
+
+    summary = await replay([mixed], DEFAULTS, out=out, on_problem=problems.append, show_progress=False)
+
+    assert [(p.line, p.reason) for p in problems] == EXPECTED_PROBLEMS
+    assert {p.file for p in problems} == {str(mixed)}
+    assert all(p.detail for p in problems)
+    assert (summary.read, summary.applied, summary.late, summary.duplicates) == (13, 2, 0, 0)
+    assert sum(summary.rejected.values()) == 11
+    assert dict(summary.triggers) == {"price_comparison": 1, "cart_abandonment": 1}  # the cart is flushed
+    triggers = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [t["type"] for t in triggers] == [
+        "micromoment.price_comparison.v1",
+        "micromoment.cart_abandonment.v1",
+    ]
+
+
+async def test_strict_replay_stops_at_the_first_bad_line(mixed: Path) -> None:
+    problems: list[Problem] = []
+    with pytest.raises(ReplayError) as raised:
+        await replay(
+            [mixed], DEFAULTS, out=io.BytesIO(), on_problem=problems.append, strict=True, show_progress=False
+        )
+    assert (raised.value.problem.line, raised.value.problem.reason) == (3, Reason.TOO_LARGE.value)
+    assert problems == []
+
+
+async def test_replay_output_matches_the_core_whatever_the_batch_size(tmp_path: Path) -> None:
+    objects = random_objects(seed=11, count=150)
+    path = write_lines(tmp_path / "s.jsonl", [orjson.dumps(obj) for obj in objects])
+    expected = trigger_bytes(run([decode(obj) for obj in objects], flush=True).detections)
+    assert expected
+    for size in (1, 7, 1000):
+        out = io.BytesIO()
+        await replay([path], DEFAULTS, out=out, on_problem=pytest.fail, show_progress=False, batch_size=size)
+        assert out.getvalue() == expected
+
+
+# the command line
+
+
+def test_cli_replay_writes_triggers_and_errors(
+    mixed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+
+    code = main(["replay", str(mixed), "--out", str(out), "--errors", str(errors), "--no-progress"])
+
+    assert code == 0
+    assert len(out.read_bytes().splitlines()) == 2
+    records = [orjson.loads(line) for line in errors.read_bytes().splitlines()]
+    assert [(r["line"], r["reason"]) for r in records] == EXPECTED_PROBLEMS
+    assert records[0]["file"] == str(mixed)
+    assert "triggers 2" in capsys.readouterr().err
+
+
+def test_cli_strict_exits_1_on_a_bad_line(
+    mixed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["replay", str(mixed), "--strict", "--out", str(tmp_path / "o.jsonl"), "--no-progress"])
+    assert code == 1
+    assert f"{mixed}:3: too_large" in capsys.readouterr().err
+
+
+def test_cli_strict_exits_0_on_clean_input(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "ok.jsonl", [orjson.dumps(e) for e in GOOD])
+    assert main(["replay", str(path), "--strict", "--quiet", "--out", str(tmp_path / "o.jsonl")]) == 0
+
+
+def test_cli_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config", ['[moments.frustration]\nwindow = "soon"\n', "[moments.review_seeking.weights]\nstars = 0.5\n"]
+)
+def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str) -> None:
+    path = write_lines(tmp_path / "ok.jsonl", [orjson.dumps(e) for e in GOOD])
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config)
+    assert main(["replay", str(path), "--config", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "invalid moment configuration" in capsys.readouterr().err
+
+
+def test_cli_config_changes_the_output(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [orjson.dumps(raw("store_locator_view"))])
+    config = tmp_path / "strict.toml"
+    config.write_text("[moments.local_intent]\nthreshold = 0.9\n")
+    default_out, strict_out = tmp_path / "default.jsonl", tmp_path / "strict.jsonl"
+
+    assert main(["replay", str(path), "--quiet", "--out", str(default_out)]) == 0
+    assert main(["replay", str(path), "--quiet", "--out", str(strict_out), "--config", str(config)]) == 0
+
+    assert b"micromoment.local_intent.v1" in default_out.read_bytes()
+    assert strict_out.read_bytes() == b""
