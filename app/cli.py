@@ -11,6 +11,7 @@ from pathlib import Path
 from app import __version__
 from app.config import ConfigError, load_catalogue
 from app.replay import Problem, ReplayError, problem_record, replay
+from app.settings import SettingsError
 
 # Bad lines echoed to stderr before the rest are only counted (all go to --errors).
 MAX_ERRORS_SHOWN = 50
@@ -24,8 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except ConfigError as exc:
+    except (ConfigError, SettingsError) as exc:
         print(f"micromoments: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"micromoments {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import msgspec
 
 from app.durations import Duration, decode_hook
-from app.moments.base import Moment
-from app.moments.cart_abandonment import CartAbandonment, CartAbandonmentConfig
-from app.moments.frustration import Frustration, FrustrationConfig
-from app.moments.local_intent import LocalIntent, LocalIntentConfig
-from app.moments.post_purchase_howto import PostPurchaseHowto, PostPurchaseHowtoConfig
-from app.moments.price_comparison import PriceComparison, PriceComparisonConfig
-from app.moments.review_seeking import ReviewSeeking, ReviewSeekingConfig
+from app.moments import MOMENT_TYPES
+from app.moments.cart_abandonment import CartAbandonmentConfig
+from app.moments.frustration import FrustrationConfig
+from app.moments.local_intent import LocalIntentConfig
+from app.moments.post_purchase_howto import PostPurchaseHowtoConfig
+from app.moments.price_comparison import PriceComparisonConfig
+from app.moments.review_seeking import ReviewSeekingConfig
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
@@ -87,22 +87,12 @@ def load_catalogue(path: str | Path | None = None, overrides: dict[str, Any] | N
         catalogue = msgspec.convert(merged, Catalogue, dec_hook=decode_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid moment configuration{where}: {exc}") from exc
-    for moment in _MOMENTS:
+    for moment in MOMENT_TYPES:
         try:  # each moment checks its own configuration (its weights name exactly its signals)
             moment(getattr(catalogue.moments, moment.name))
         except ValueError as exc:
             raise ConfigError(f"invalid moment configuration{where}: {exc}") from exc
     return catalogue
-
-
-_MOMENTS: tuple[type[Moment], ...] = (
-    PriceComparison,
-    ReviewSeeking,
-    CartAbandonment,
-    PostPurchaseHowto,
-    LocalIntent,
-    Frustration,
-)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -26,13 +26,9 @@ import msgspec
 from app.config import Catalogue
 from app.events import ClickstreamEvent, Event, Kind, PurchaseEvent
 from app.journey import journey_stage
+from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment
 from app.moments.cart_abandonment import CartAbandonment
-from app.moments.frustration import Frustration
-from app.moments.local_intent import LocalIntent
-from app.moments.post_purchase_howto import PostPurchaseHowto
-from app.moments.price_comparison import PriceComparison
-from app.moments.review_seeking import ReviewSeeking
 from app.signals import Vocabulary
 from app.window import CustomerState, Entry, Order, contains_event, insert, prune
 
@@ -73,15 +69,8 @@ class Detector:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
         cfg = catalogue.moments
-        self.cart = CartAbandonment(cfg.cart_abandonment)
-        every: list[Moment] = [
-            PriceComparison(cfg.price_comparison),
-            ReviewSeeking(cfg.review_seeking),
-            self.cart,
-            PostPurchaseHowto(cfg.post_purchase_howto),
-            LocalIntent(cfg.local_intent),
-            Frustration(cfg.frustration),
-        ]
+        every = [moment(getattr(cfg, moment.name)) for moment in MOMENT_TYPES]
+        self.cart = next(m for m in every if isinstance(m, CartAbandonment))
         self.moments = {m.name: m for m in every if m.config.enabled}
         self._evaluated_on: dict[int, list[Moment]] = {
             kind: [m for m in self.moments.values() if kind in m.kinds and m is not self.cart]
@@ -169,7 +158,9 @@ class Detector:
         return max(ends)
 
     def _decide(self, state: CustomerState, candidate: Candidate, observation: Observation) -> None:
-        moment = self.moments[candidate.moment]
+        moment = self.moments.get(candidate.moment)
+        if moment is None:
+            return  # disabled since the state was saved (a cart deadline armed before)
         cfg = moment.config
         if candidate.score < cfg.threshold:
             observation.suppressed.append((candidate.moment, "below_threshold"))

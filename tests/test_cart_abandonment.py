@@ -108,3 +108,28 @@ def test_a_second_abandonment_within_the_cooldown_is_suppressed() -> None:
     result = run(events)
     assert [d.ts for d in result.detections] == [at("30m")]
     assert result.suppressed == [("cart_abandonment", "cooldown")]
+
+
+def test_emptying_the_cart_after_checkout_started_disarms_it() -> None:
+    steps = [
+        add("0s"),
+        ev("checkout_step", "1m", step="shipping"),
+        ev("remove_from_cart", "2m", product_id="p1"),
+    ]
+    result = run([*steps, tick("3h")], flush=True)
+    assert result.moments() == []
+    assert result.states["c1"].cart is None
+
+
+def test_a_late_purchase_that_settles_every_product_disarms_the_cart() -> None:
+    # Arrives after the later checkout step but happened before it, within the lateness.
+    late_purchase = ev("purchase", "1m30s", order_id="o1", items=[{"product_id": "p1"}])
+    result = run(
+        [add("0s"), ev("checkout_step", "2m", step="payment"), late_purchase, tick("3h")], flush=True
+    )
+    assert result.moments() == []
+
+
+def test_a_checkout_without_known_products_can_still_be_abandoned() -> None:
+    result = run([ev("checkout_step", "0s", step="payment"), tick("3h")])
+    assert result.moments() == ["cart_abandonment"]

@@ -45,13 +45,17 @@ class CartAbandonment(Moment):
             else:
                 # A late-arriving purchase older than the latest cart activity only
                 # settles what it bought; the later activity still stands.
-                cart.products = [p for p in cart.products if p not in purchased]
+                remaining = [p for p in cart.products if p not in purchased]
+                if cart.products and not remaining:
+                    state.cart = None
+                else:
+                    cart.products = remaining
             return
         if entry.kind == Kind.REMOVE_FROM_CART:
             if cart is not None and entry.product_id in cart.products:
                 cart.products.remove(entry.product_id)
-                if not cart.products and not cart.checkout_started:
-                    state.cart = None
+                if not cart.products:
+                    state.cart = None  # emptied: nothing left to abandon
             return
         if cart is None:
             cart = state.cart = Cart(

@@ -1,0 +1,119 @@
+"""Worker settings, from environment variables (12-factor).
+
+Every field ``name`` is read from ``MM_NAME`` (upper case). Unset variables
+keep the defaults below; values are validated on start, and an ``MM_``
+variable that names no setting is reported, since it is most likely a typo.
+``micromoments settings`` prints the effective values, secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+PREFIX = "MM_"
+SECRETS = frozenset({"kafka_sasl_password"})
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # --- Kafka ----------------------------------------------------------------------------
+    # Comma-separated host:port list.
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    # CA bundle, client certificate and key (PEM files) for SSL / SASL_SSL.
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    # Idempotent producer (exactly one copy of each send per session). Needs a broker
+    # that supports InitProducerId: Apache Kafka does, the embedded dev broker does not.
+    kafka_idempotence: bool = True
+    # The consumer group: every worker of one deployment shares it.
+    group_id: str = "micromoments"
+    # Seconds without heartbeat before the group evicts a worker. Short = fast failover
+    # and fast first join (the embedded broker waits half of it before assigning).
+    kafka_session_timeout: Annotated[float, msgspec.Meta(ge=1.0, le=300.0)] = 10.0
+    # How long a fetch may wait on the broker for data; bounds the idle latency.
+    kafka_fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 10
+    kafka_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000)] = 1
+    # Where consumption starts for a new group: "earliest" loses nothing.
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    # --- Topics ---------------------------------------------------------------------------
+    topic_clickstream: str = "clickstream.events"
+    topic_search: str = "search.events"
+    topic_purchase: str = "purchase.events"
+    topic_triggers: str = "micromoment.triggers"
+    topic_dlq: str = "micromoment.dlq"
+    # Internal: events that arrived keyed by something other than their customer id
+    # are re-keyed through this topic, so one worker sees all of a customer's events.
+    topic_repartition: str = "micromoments.repartition"
+    # Partitions of the input and repartition topics (they must all be equal), used when
+    # the worker creates missing topics. The most workers that can share the load.
+    partitions: Positive = 12
+    replication_factor: Positive = 1
+    # Create missing topics on start (dev, tests); production usually provisions them.
+    create_topics: bool = True
+
+    # --- Redis ----------------------------------------------------------------------------
+    # redis://[:password@]host:port/db, rediss:// for TLS (certificates via query
+    # parameters such as ?ssl_ca_certs=/path/ca.pem), or unix:///path/redis.sock.
+    redis_url: str = "redis://localhost:6379/0"
+    redis_prefix: str = "mm"
+
+    # --- Processing -----------------------------------------------------------------------
+    # Most records one fetch hands to the detector: bounds a batch's time and memory.
+    batch_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    # Moment configuration (TOML) merged over the shipped defaults.
+    moments_config: str | None = None
+
+    # --- Operations -----------------------------------------------------------------------
+    # HTTP port for /metrics, /livez and /readyz (0 picks a free port).
+    metrics_port: Port = 6066
+    # Only loopback by default; set 0.0.0.0 in a container so Prometheus can scrape.
+    metrics_host: str = "127.0.0.1"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic_clickstream, self.topic_search, self.topic_purchase)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``MM_*`` variables (``os.environ`` by default), then ``overrides``."""
+    env = os.environ if environ is None else environ
+    known = set(Settings.__struct_fields__)
+    values: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX) :].lower()
+        if name not in known:
+            names = ", ".join(sorted(f"{PREFIX}{n.upper()}" for n in known))
+            raise SettingsError(f"{key} is not a setting; the settings are {names}")
+        values[name] = value
+    values.update(overrides)
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1].rstrip("`") if "$." in str(exc) else ""
+        raise SettingsError(f"invalid setting {PREFIX}{field.upper()}: {exc}") from exc
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective settings as ``MM_*`` names, secrets masked."""
+    return {
+        f"{PREFIX}{name.upper()}": ("***" if name in SECRETS and value else value)
+        for name, value in msgspec.structs.asdict(settings).items()
+    }
