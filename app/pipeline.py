@@ -1,73 +1,105 @@
-"""One stream's batches through the core, against a state store.
+"""Batches of events through the core, against a state store, for one or many streams.
 
 The same code serves replay (in-memory store, one stream) and the streaming
 worker (Redis, one stream per Kafka partition), which is what makes their
 triggers identical. A batch is two steps so the caller can put its own work in
-between: :meth:`StreamPipeline.run` loads the states the batch needs and runs
-the core; :meth:`StreamPipeline.commit` saves what changed. The worker
-publishes the triggers between the two, so state is never ahead of the triggers
-it implies.
+between: :meth:`Pipeline.run` loads every state the batch needs — across all
+its streams, in one store round trip — and runs the core; :meth:`Pipeline.commit`
+saves what changed, again in one round trip. The worker publishes the triggers
+between the two, so state is never ahead of the triggers it implies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from app.detector import Detector
+from app.detector import Detection, Detector
 from app.events import Event
 from app.processor import Outcome, StreamProcessor
-from app.state.store import StateStore, StateWrite
+from app.state.store import StateStore, StateWrite, StreamSave
 from app.window import CustomerState
-
-_Step = Callable[[dict[str, CustomerState]], Outcome]
 
 
 class Batch(msgspec.Struct, gc=False):
-    outcome: Outcome
+    # stream -> what the core did with that stream's events
+    outcomes: dict[str, Outcome]
     states: dict[str, CustomerState]
     versions: dict[str, int]
 
+    @property
+    def detections(self) -> list[Detection]:
+        return [d for outcome in self.outcomes.values() for d in outcome.detections]
 
-class StreamPipeline:
-    def __init__(
-        self, detector: Detector, store: StateStore, stream: str, processor: StreamProcessor
-    ) -> None:
+
+class Pipeline:
+    def __init__(self, detector: Detector, store: StateStore) -> None:
         self.detector = detector
         self.store = store
-        self.stream = stream
-        self.processor = processor
+        self._processors: dict[str, StreamProcessor] = {}
 
-    @classmethod
-    async def open(cls, detector: Detector, store: StateStore, stream: str) -> StreamPipeline:
-        """Resume ``stream`` from its checkpoint in ``store``."""
-        checkpoint = await store.checkpoint(stream)
-        processor = StreamProcessor(detector, clock=checkpoint.clock, deadlines=checkpoint.deadlines)
-        return cls(detector, store, stream, processor)
+    async def open(self, streams: Iterable[str]) -> None:
+        """Resume streams not open yet from their checkpoints in the store."""
+        for stream in streams:
+            if stream not in self._processors:
+                checkpoint = await self.store.checkpoint(stream)
+                self._processors[stream] = StreamProcessor(
+                    self.detector, clock=checkpoint.clock, deadlines=checkpoint.deadlines
+                )
 
-    async def run(self, events: Sequence[Event]) -> Batch:
-        customers = {event.customer_id for event in events} | self.processor.due(events)
-        return await self._run(customers, lambda states: self.processor.process(events, states))
+    def close(self, streams: Iterable[str]) -> None:
+        """Forget streams' in-memory progress: revoked partitions, or a batch to redo."""
+        for stream in streams:
+            self._processors.pop(stream, None)
 
-    async def flush(self) -> Batch:
-        """Fire every pending deadline: the end of a replay's input."""
-        return await self._run(set(self.processor.deadlines), self.processor.flush)
+    def processor(self, stream: str) -> StreamProcessor:
+        return self._processors[stream]
+
+    async def run(self, events: Mapping[str, Sequence[Event]]) -> Batch:
+        """Process each stream's events, in order; the states they need are loaded at once."""
+        await self.open(events)
+        customers: set[str] = set()
+        for stream, stream_events in events.items():
+            customers.update(event.customer_id for event in stream_events)
+            customers |= self._processors[stream].due(stream_events)
+        states, versions = await self._load(customers)
+        outcomes = {
+            stream: self._processors[stream].process(stream_events, states)
+            for stream, stream_events in events.items()
+        }
+        return Batch(outcomes, states, versions)
+
+    async def flush(self, stream: str) -> Batch:
+        """Fire every deadline still pending on ``stream``: the end of a replay's input."""
+        processor = self._processors[stream]
+        states, versions = await self._load(set(processor.deadlines))
+        return Batch({stream: processor.flush(states)}, states, versions)
 
     async def commit(self, batch: Batch) -> None:
-        outcome = batch.outcome
-        writes = [
-            StateWrite(
-                batch.states[customer],
-                batch.versions.get(customer, 0),
-                self.detector.expires_at(batch.states[customer]),
-            )
-            for customer in sorted(outcome.touched)
-        ]
-        await self.store.save(self.stream, writes, clock=self.processor.clock, deadlines=outcome.deadlines)
+        """Save every changed state and each stream's checkpoint, all at once."""
+        saves = []
+        written: set[str] = set()
+        for stream, outcome in batch.outcomes.items():
+            # A customer normally lives on one stream; should two streams of one batch
+            # touch the same state object, it is written once, with everything applied.
+            customers = sorted(outcome.touched - written)
+            written.update(customers)
+            writes = [
+                StateWrite(
+                    batch.states[customer],
+                    batch.versions.get(customer, 0),
+                    self.detector.expires_at(batch.states[customer]),
+                )
+                for customer in customers
+            ]
+            clock = self._processors[stream].clock
+            saves.append(StreamSave(stream, writes, clock, outcome.deadlines))
+        await self.store.save(saves)
 
-    async def _run(self, customers: set[str], step: _Step) -> Batch:
+    async def _load(self, customers: set[str]) -> tuple[dict[str, CustomerState], dict[str, int]]:
         loaded = await self.store.load(customers)
-        states = {customer: v.state for customer, v in loaded.items()}
-        versions = {customer: v.version for customer, v in loaded.items()}
-        return Batch(step(states), states, versions)
+        return (
+            {customer: v.state for customer, v in loaded.items()},
+            {customer: v.version for customer, v in loaded.items()},
+        )

@@ -23,7 +23,7 @@ from app.config import Catalogue
 from app.decoding import Rejection, decode_event
 from app.detector import Detector
 from app.events import Event
-from app.pipeline import Batch, StreamPipeline
+from app.pipeline import Batch, Pipeline
 from app.processor import Status
 from app.state.memory import MemoryStateStore
 from app.state.store import StateStore
@@ -115,7 +115,7 @@ async def replay(
     """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``."""
     started = time.perf_counter()
     detector = Detector(catalogue)
-    pipeline = await StreamPipeline.open(detector, store or MemoryStateStore(), REPLAY_STREAM)
+    pipeline = Pipeline(detector, store or MemoryStateStore())
     source = catalogue.trigger.source
     summary = Summary(files=len(paths))
 
@@ -127,8 +127,9 @@ async def replay(
         on_problem(found)
 
     async def run(events: list[Event], origins: list[tuple[str, int]]) -> None:
-        batch = await pipeline.run(events)
-        for status, (file, line), event in zip(batch.outcome.statuses, origins, events, strict=True):
+        batch = await pipeline.run({REPLAY_STREAM: events})
+        statuses = batch.outcomes[REPLAY_STREAM].statuses
+        for status, (file, line), event in zip(statuses, origins, events, strict=True):
             if status is Status.APPLIED:
                 summary.applied += 1
             elif status is Status.DUPLICATE:
@@ -146,7 +147,7 @@ async def replay(
         await finish(batch)
 
     async def finish(batch: Batch) -> None:
-        outcome = batch.outcome
+        outcome = batch.outcomes[REPLAY_STREAM]
         for detection in outcome.detections:
             out.write(encode(to_cloudevent(detection, source=source)) + b"\n")
             summary.triggers[detection.moment] += 1
@@ -173,7 +174,8 @@ async def replay(
                 events, origins = [], []
         if events:
             await run(events, origins)
-    await finish(await pipeline.flush())
+    await pipeline.open([REPLAY_STREAM])
+    await finish(await pipeline.flush(REPLAY_STREAM))
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -16,7 +16,7 @@ from app.decoding import MAX_EVENT_BYTES, Reason, Rejection, decode_event
 from app.detector import Detection, Detector
 from app.durations import Duration
 from app.events import Event
-from app.pipeline import StreamPipeline
+from app.pipeline import Pipeline
 from app.processor import Status, StreamProcessor
 from app.state.memory import MemoryStateStore
 from app.triggers import encode, format_time, to_cloudevent
@@ -126,16 +126,15 @@ def trigger_bytes(detections: Iterable[Detection]) -> bytes:
 async def pipeline_triggers(
     events: Sequence[Event], batch_size: int, catalogue: Catalogue = DEFAULTS
 ) -> bytes:
-    """Triggers of a replay of ``events`` through :class:`StreamPipeline` and the in-memory store."""
-    detector = Detector(catalogue)
-    pipeline = await StreamPipeline.open(detector, MemoryStateStore(), "test")
+    """Triggers of a replay of ``events`` through :class:`Pipeline` and the in-memory store."""
+    pipeline = Pipeline(Detector(catalogue), MemoryStateStore())
     detections: list[Detection] = []
     for i in range(0, len(events), batch_size):
-        batch = await pipeline.run(events[i : i + batch_size])
-        detections.extend(batch.outcome.detections)
+        batch = await pipeline.run({"test": events[i : i + batch_size]})
+        detections.extend(batch.detections)
         await pipeline.commit(batch)
-    batch = await pipeline.flush()
-    detections.extend(batch.outcome.detections)
+    batch = await pipeline.flush("test")
+    detections.extend(batch.detections)
     await pipeline.commit(batch)
     return trigger_bytes(detections)
 

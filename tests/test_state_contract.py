@@ -13,7 +13,7 @@ from app.replay import replay
 from app.state.codec import encode_state
 from app.state.memory import MemoryStateStore
 from app.state.redis import MIN_TTL_MS, RedisStateStore
-from app.state.store import ConflictError, StateStore, StateWrite
+from app.state.store import ConflictError, StateStore, StateWrite, StreamSave
 from app.window import Cart, CustomerState, Entry, Order
 
 DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
@@ -66,7 +66,7 @@ async def test_unknown_customers_are_absent(store: StateStore) -> None:
 
 async def test_saved_state_round_trips_with_a_new_version(store: StateStore) -> None:
     state = rich_state()
-    await store.save("p0", [write(state)], clock=4_000, deadlines={})
+    await store.save([StreamSave("p0", [write(state)], 4_000, {})])
     loaded = await store.load(["c1", "c2"])
     assert list(loaded) == ["c1"]
     assert loaded["c1"].version == 1
@@ -74,19 +74,19 @@ async def test_saved_state_round_trips_with_a_new_version(store: StateStore) -> 
 
 
 async def test_each_save_increments_the_version(store: StateStore) -> None:
-    await store.save("p0", [write(rich_state())], clock=4_000, deadlines={})
-    await store.save("p0", [write(rich_state(), version=1)], clock=4_000, deadlines={})
+    await store.save([StreamSave("p0", [write(rich_state())], 4_000, {})])
+    await store.save([StreamSave("p0", [write(rich_state(), version=1)], 4_000, {})])
     assert (await store.load(["c1"]))["c1"].version == 2
 
 
 async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(store: StateStore) -> None:
-    await store.save("p0", [write(rich_state("c1"))], clock=4_000, deadlines={})
+    await store.save([StreamSave("p0", [write(rich_state("c1"))], 4_000, {})])
     changed = rich_state("c1")
     changed.last_ts = 9_999
     with pytest.raises(ConflictError) as refused:
         # c2 is fine, c1 was loaded at version 0 but is now at 1: the whole batch is refused.
         await store.save(
-            "p0", [write(rich_state("c2")), write(changed, version=0)], clock=9_999, deadlines={"c2": 5_000}
+            [StreamSave("p0", [write(rich_state("c2")), write(changed, version=0)], 9_999, {"c2": 5_000})]
         )
     assert refused.value.customers == {"c1"}
     loaded = await store.load(["c1", "c2"])
@@ -99,16 +99,16 @@ async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(st
 
 async def test_a_write_expecting_a_state_that_is_gone_is_refused(store: StateStore) -> None:
     with pytest.raises(ConflictError):
-        await store.save("p0", [write(rich_state(), version=3)], clock=1, deadlines={})
+        await store.save([StreamSave("p0", [write(rich_state(), version=3)], 1, {})])
 
 
 async def test_two_writers_from_the_same_version_only_the_first_wins(store: StateStore) -> None:
-    await store.save("p0", [write(rich_state())], clock=4_000, deadlines={})
+    await store.save([StreamSave("p0", [write(rich_state())], 4_000, {})])
     first = (await store.load(["c1"]))["c1"]
     second = (await store.load(["c1"]))["c1"]
-    await store.save("p0", [write(first.state, first.version)], clock=4_000, deadlines={})
+    await store.save([StreamSave("p0", [write(first.state, first.version)], 4_000, {})])
     with pytest.raises(ConflictError):
-        await store.save("p1", [write(second.state, second.version)], clock=4_000, deadlines={})
+        await store.save([StreamSave("p1", [write(second.state, second.version)], 4_000, {})])
 
 
 async def test_a_new_stream_has_no_checkpoint(store: StateStore) -> None:
@@ -118,22 +118,46 @@ async def test_a_new_stream_has_no_checkpoint(store: StateStore) -> None:
 
 
 async def test_checkpoints_keep_clock_and_deadlines_per_stream(store: StateStore) -> None:
-    await store.save("p0", [], clock=5_000, deadlines={"c1": 7_000, "c2": 8_000})
-    await store.save("p1", [], clock=6_000, deadlines={"c3": 9_000})
-    await store.save("p0", [], clock=5_500, deadlines={"c1": None, "c2": 8_500})
+    await store.save([StreamSave("p0", [], 5_000, {"c1": 7_000, "c2": 8_000})])
+    await store.save([StreamSave("p1", [], 6_000, {"c3": 9_000})])
+    await store.save([StreamSave("p0", [], 5_500, {"c1": None, "c2": 8_500})])
     p0, p1 = await store.checkpoint("p0"), await store.checkpoint("p1")
     assert (p0.clock, p0.deadlines) == (5_500, {"c2": 8_500})
     assert (p1.clock, p1.deadlines) == (6_000, {"c3": 9_000})
 
 
+async def test_one_save_spans_streams_and_is_all_or_nothing(store: StateStore) -> None:
+    await store.save(
+        [
+            StreamSave("p0", [write(rich_state("c1"))], 4_000, {"c1": 9_000}),
+            StreamSave("p1", [write(rich_state("c2"))], 5_000, {"c2": 9_500}),
+        ]
+    )
+    assert (await store.checkpoint("p0")).deadlines == {"c1": 9_000}
+    assert (await store.checkpoint("p1")).clock == 5_000
+    with pytest.raises(ConflictError):
+        await store.save(
+            [
+                StreamSave("p0", [write(rich_state("c3"))], 6_000, {"c3": 1}),
+                StreamSave("p1", [write(rich_state("c2"), version=0)], 6_000, {}),
+            ]
+        )
+    assert list(await store.load(["c1", "c2", "c3"])) == ["c1", "c2"]
+    assert (await store.checkpoint("p0")).clock == 4_000
+
+
 async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> None:
     await store.save(
-        "p0",
-        [write(rich_state("c1")), write(rich_state("c2"))],
-        clock=4_000,
-        deadlines={"c1": 1_804_000, "c2": 1_804_000},
+        [
+            StreamSave(
+                "p0",
+                [write(rich_state("c1")), write(rich_state("c2"))],
+                4_000,
+                {"c1": 1_804_000, "c2": 1_804_000},
+            )
+        ]
     )
-    await store.save("p1", [], clock=4_000, deadlines={"c1": 2_000_000})
+    await store.save([StreamSave("p1", [], 4_000, {"c1": 2_000_000})])
     assert await store.forget("c1") is True
     assert list(await store.load(["c1", "c2"])) == ["c2"]
     assert (await store.checkpoint("p0")).deadlines == {"c2": 1_804_000}
@@ -156,12 +180,16 @@ async def test_replay_gives_the_same_triggers_on_either_store(redis_client: aior
 async def test_memory_store_drops_idle_customers_once_event_time_passes_their_expiry() -> None:
     store = MemoryStateStore()
     await store.save(
-        "p0",
-        [write(rich_state("c1"), expires_at=10_000), write(rich_state("c2"), expires_at=50_000)],
-        clock=4_000,
-        deadlines={},
+        [
+            StreamSave(
+                "p0",
+                [write(rich_state("c1"), expires_at=10_000), write(rich_state("c2"), expires_at=50_000)],
+                4_000,
+                {},
+            )
+        ]
     )
-    await store.save("p0", [], clock=10_000, deadlines={})
+    await store.save([StreamSave("p0", [], 10_000, {})])
     assert list(await store.load(["c1", "c2"])) == ["c2"]
     assert len(store) == 1
 
@@ -169,10 +197,17 @@ async def test_memory_store_drops_idle_customers_once_event_time_passes_their_ex
 async def test_redis_keys_expire_when_the_state_is_of_no_further_use(redis_client: aioredis.Redis) -> None:
     store = RedisStateStore(redis_client)
     await store.save(
-        "p0",
-        [write(rich_state("c1"), expires_at=4_000 + 3_600_000), write(rich_state("c2"), expires_at=4_001)],
-        clock=4_000,
-        deadlines={},
+        [
+            StreamSave(
+                "p0",
+                [
+                    write(rich_state("c1"), expires_at=4_000 + 3_600_000),
+                    write(rich_state("c2"), expires_at=4_001),
+                ],
+                4_000,
+                {},
+            )
+        ]
     )
     assert 3_590_000 < await redis_client.pttl(store.state_key("c1")) <= 3_600_000
     assert MIN_TTL_MS - 10_000 < await redis_client.pttl(store.state_key("c2")) <= MIN_TTL_MS
@@ -180,7 +215,7 @@ async def test_redis_keys_expire_when_the_state_is_of_no_further_use(redis_clien
 
 async def test_redis_keys_carry_the_customer_as_hash_tag(redis_client: aioredis.Redis) -> None:
     store = RedisStateStore(redis_client)
-    await store.save("p7", [write(rich_state("cust-42"))], clock=4_000, deadlines={"cust-42": 9})
+    await store.save([StreamSave("p7", [write(rich_state("cust-42"))], 4_000, {"cust-42": 9})])
     keys = sorted(k.decode() for k in await redis_client.keys("*"))
     assert keys == ["mm:clock:{p7}", "mm:deadlines:{p7}", "mm:s:{cust-42}", "mm:streams"]
 

@@ -8,10 +8,10 @@ many customers come and go.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 from app.state.codec import decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StateWrite, Versioned
+from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
 
 
 class MemoryStateStore:
@@ -32,14 +32,8 @@ class MemoryStateStore:
                 found[customer] = Versioned(decode_state(stored[0]), stored[1])
         return found
 
-    async def save(
-        self,
-        stream: str,
-        writes: Sequence[StateWrite],
-        *,
-        clock: int | None,
-        deadlines: Mapping[str, int | None],
-    ) -> None:
+    async def save(self, saves: Sequence[StreamSave]) -> None:
+        writes = [write for save in saves for write in save.writes]
         conflicts = [
             w.state.customer_id for w in writes if self._version(w.state.customer_id) != w.expected_version
         ]
@@ -53,15 +47,17 @@ class MemoryStateStore:
             # Every save pushes; shed the entries later saves made stale.
             self._expiry = [(expires_at, c) for c, (_, _, expires_at) in self._blobs.items()]
             heapq.heapify(self._expiry)
-        self._clocks[stream] = clock
-        pending = self._deadlines.setdefault(stream, {})
-        for customer, deadline in deadlines.items():
-            if deadline is None:
-                pending.pop(customer, None)
-            else:
-                pending[customer] = deadline
-        if clock is not None:
-            self._expire(clock)
+        for save in saves:
+            self._clocks[save.stream] = save.clock
+            pending = self._deadlines.setdefault(save.stream, {})
+            for customer, deadline in save.deadlines.items():
+                if deadline is None:
+                    pending.pop(customer, None)
+                else:
+                    pending[customer] = deadline
+        clocks = [save.clock for save in saves if save.clock is not None]
+        if clocks:
+            self._expire(max(clocks))
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         return Checkpoint(self._clocks.get(stream), dict(self._deadlines.get(stream, {})))

@@ -21,13 +21,13 @@ are ready to shard but the batch script would need splitting per slot.
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
 from app.state.codec import decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StateWrite, Versioned
+from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
 
 _VERSION = struct.Struct(">Q")
 # A state is kept at least this long in wall-clock time, whatever event time says.
@@ -78,24 +78,6 @@ return {}
 _ZERO_VERSION: Final = _VERSION.pack(0)
 
 
-class StreamSave:
-    """One stream's share of a batch save (see :meth:`RedisStateStore.save_many`)."""
-
-    __slots__ = ("clock", "deadlines", "stream", "writes")
-
-    def __init__(
-        self,
-        stream: str,
-        writes: Sequence[StateWrite],
-        clock: int | None,
-        deadlines: Mapping[str, int | None],
-    ) -> None:
-        self.stream = stream
-        self.writes = writes
-        self.clock = clock
-        self.deadlines = deadlines
-
-
 class RedisStateStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str = "mm") -> None:
         self.client = client
@@ -132,17 +114,7 @@ class RedisStateStore:
                 found[customer] = Versioned(decode_state(blob[8:]), _VERSION.unpack_from(blob)[0])
         return found
 
-    async def save(
-        self,
-        stream: str,
-        writes: Sequence[StateWrite],
-        *,
-        clock: int | None,
-        deadlines: Mapping[str, int | None],
-    ) -> None:
-        await self.save_many([StreamSave(stream, writes, clock, deadlines)])
-
-    async def save_many(self, saves: Sequence[StreamSave]) -> None:
+    async def save(self, saves: Sequence[StreamSave]) -> None:
         """Save several streams' batches in one atomic round trip."""
         keys: list[str] = []
         args: list[Any] = [0, len(saves)]

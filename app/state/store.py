@@ -32,6 +32,16 @@ class StateWrite(msgspec.Struct, frozen=True, gc=False):
     expires_at: int
 
 
+class StreamSave(msgspec.Struct, frozen=True, gc=False):
+    """One stream's part of a batch: changed states and the stream's checkpoint changes."""
+
+    stream: str
+    writes: Sequence[StateWrite]
+    clock: int | None
+    # Customer -> their new deadline, or None to drop theirs.
+    deadlines: Mapping[str, int | None]
+
+
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     deadlines: dict[str, int]
@@ -49,19 +59,11 @@ class StateStore(Protocol):
     async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
         """The stored states of ``customers``; unknown or expired customers are absent."""
 
-    async def save(
-        self,
-        stream: str,
-        writes: Sequence[StateWrite],
-        *,
-        clock: int | None,
-        deadlines: Mapping[str, int | None],
-    ) -> None:
-        """Write states and the stream's checkpoint changes, all or nothing.
+    async def save(self, saves: Sequence[StreamSave]) -> None:
+        """Write states and streams' checkpoint changes, all or nothing.
 
         Raises :class:`ConflictError`, writing nothing, if any state's stored
-        version differs from its ``expected_version``. ``deadlines`` maps a
-        customer to a new deadline, or to ``None`` to drop theirs.
+        version differs from its ``expected_version``.
         """
 
     async def checkpoint(self, stream: str) -> Checkpoint:
