@@ -11,7 +11,7 @@ from pathlib import Path
 from app import __version__
 from app.config import ConfigError, load_catalogue
 from app.replay import Problem, ReplayError, problem_record, replay
-from app.settings import SettingsError
+from app.settings import SettingsError, describe, load_settings
 
 # Bad lines echoed to stderr before the rest are only counted (all go to --errors).
 MAX_ERRORS_SHOWN = 50
@@ -61,7 +61,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--quiet", action="store_true", help="no summary on stderr")
     rp.set_defaults(run=_replay)
+
+    wk = commands.add_parser(
+        "worker",
+        help="run the streaming worker (Kafka in, Redis state, triggers out)",
+        description="Consume the event topics, keep state in Redis, publish triggers. Configured by"
+        " MM_* environment variables; see `micromoments settings` and the README.",
+    )
+    wk.set_defaults(run=_worker)
+
+    st = commands.add_parser("settings", help="print the worker's effective settings (secrets masked)")
+    st.set_defaults(run=_settings)
     return parser
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from app.worker.runtime import run_worker  # Faust is slow to import; only the worker needs it
+
+    return run_worker(load_settings())
+
+
+def _settings(args: argparse.Namespace) -> int:
+    for name, value in describe(load_settings()).items():
+        print(f"{name}={'' if value is None else value}")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

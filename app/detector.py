@@ -30,7 +30,7 @@ from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment
 from app.moments.cart_abandonment import CartAbandonment
 from app.signals import Vocabulary
-from app.window import CustomerState, Entry, Order, contains_event, insert, prune
+from app.window import CustomerState, Entry, Order, clear, contains_event, insert, prune
 
 
 class Decider(StrEnum):
@@ -103,7 +103,12 @@ class Detector:
         An event id already in the window changes nothing, so reprocessing after
         a crash and producer retries are harmless.
         """
-        if contains_event(state, event.event_id):
+        if state.last_ts and ts - state.last_ts > self.retention and ts > self.expires_at(state):
+            # Nothing held is of use any more. Stores drop such states in their own time
+            # (Redis by wall clock, memory by the stream clock); forgetting it here too
+            # keeps the triggers independent of when, or whether, they do.
+            clear(state)
+        elif contains_event(state, event.event_id):
             return Observation(duplicate=True)
         entry = self._entry(event, ts)
         insert(state.entries, entry)
@@ -138,7 +143,7 @@ class Detector:
         return observation
 
     def expires_at(self, state: CustomerState) -> int:
-        """Event time after which the state holds nothing any detection still needs.
+        """The last event time at which the state still holds something a detection needs.
 
         Stores compare it with the stream clock, while events up to
         ``allowed_lateness`` behind the clock are still applied, so every span

@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # --- Processing -----------------------------------------------------------------------
     # Most records one fetch hands to the detector: bounds a batch's time and memory.
     batch_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    # Records of one topic wait for the other input topics of their partition to catch
+    # up, so a stream is processed in event-time order; after this long stuck, they go.
+    align_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 500
     # Moment configuration (TOML) merged over the shipped defaults.
     moments_config: str | None = None
 

@@ -64,6 +64,13 @@ class CustomerState(msgspec.Struct, gc=False):
     timezone: str | None = None
 
 
+def clear(state: CustomerState) -> None:
+    """Forget everything but who the customer is."""
+    fresh = CustomerState(customer_id=state.customer_id)
+    for field in CustomerState.__struct_fields__:
+        setattr(state, field, getattr(fresh, field))
+
+
 def between(entries: Sequence[Entry], start: int, end: int) -> Sequence[Entry]:
     """The entries with ``start <= ts <= end``; ``entries`` is sorted by ``ts``."""
     lo = bisect_left(entries, start, key=_ts)

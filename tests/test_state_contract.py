@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -177,6 +178,50 @@ async def test_replay_gives_the_same_triggers_on_either_store(redis_client: aior
     assert outputs[0] == outputs[1]
 
 
+async def test_triggers_do_not_depend_on_when_a_store_drops_idle_customers(tmp_path: Path) -> None:
+    class KeepsEverything(MemoryStateStore):
+        def _expire(self, now: int) -> None:
+            pass  # like Redis while event time runs faster than its wall-clock TTLs
+
+    def event(n: int, customer: str, event_type: str, at: str, **fields: object) -> bytes:
+        return (
+            orjson.dumps(
+                {
+                    "event_id": f"e{n}",
+                    "customer_id": customer,
+                    "event_type": event_type,
+                    "occurred_at": f"2026-11-{at}Z",
+                    **fields,
+                }
+            )
+            + b"\n"
+        )
+
+    events = tmp_path / "stale-cart.jsonl"
+    events.write_bytes(
+        b"".join(
+            [
+                event(1, "c1", "add_to_cart", "25T10:00:00", product_id="old"),
+                event(2, "c2", "page_view", "25T11:00:00"),  # the cart is abandoned; it stays open
+                event(3, "c2", "page_view", "26T11:00:00"),
+                event(6, "c2", "page_view", "27T11:00:00"),  # two days later: c1's state is of no use
+                event(4, "c1", "add_to_cart", "27T12:00:00", product_id="new"),
+                event(5, "c2", "page_view", "27T13:00:00"),
+            ]
+        )
+    )
+    outputs = []
+    for store in (MemoryStateStore(), KeepsEverything()):
+        out = _Sink()
+        await replay(
+            [events], load_catalogue(), out=out, on_problem=pytest.fail, store=store, show_progress=False
+        )
+        outputs.append(out.data)
+    second = orjson.loads(outputs[0].splitlines()[1])
+    assert second["data"]["products"] == ["new"]
+    assert outputs[0] == outputs[1]
+
+
 async def test_memory_store_drops_idle_customers_once_event_time_passes_their_expiry() -> None:
     store = MemoryStateStore()
     await store.save(
@@ -190,6 +235,8 @@ async def test_memory_store_drops_idle_customers_once_event_time_passes_their_ex
         ]
     )
     await store.save([StreamSave("p0", [], 10_000, {})])
+    assert list(await store.load(["c1", "c2"])) == ["c1", "c2"]  # its last useful instant
+    await store.save([StreamSave("p0", [], 10_001, {})])
     assert list(await store.load(["c1", "c2"])) == ["c2"]
     assert len(store) == 1
 

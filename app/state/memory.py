@@ -2,7 +2,8 @@
 
 Idle customers expire in event time: a state saved with ``expires_at`` is
 dropped once a later save moves the clock past it, so memory stays flat however
-many customers come and go.
+many customers come and go. (The detector forgets such a state on its own as
+well, so triggers never depend on when a store drops it.)
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class MemoryStateStore:
 
     def _expire(self, now: int) -> None:
         expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
+        while expiry and expiry[0][0] < now:
             expires_at, customer = heapq.heappop(expiry)
             stored = self._blobs.get(customer)
             if stored is not None and stored[2] == expires_at:

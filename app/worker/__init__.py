@@ -1,0 +1,1 @@
+"""The streaming worker: Faust on Kafka, state in Redis, the detection core in between."""
