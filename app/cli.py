@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+
+import orjson
 
 from app import __version__
 from app.config import ConfigError, load_catalogue
 from app.replay import Problem, ReplayError, problem_record, replay
 from app.settings import SettingsError, describe, load_settings
+from app.traffic import TrafficGenerator
 
 # Bad lines echoed to stderr before the rest are only counted (all go to --errors).
 MAX_ERRORS_SHOWN = 50
@@ -62,6 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no summary on stderr")
     rp.set_defaults(run=_replay)
 
+    gn = commands.add_parser(
+        "generate",
+        help="write synthetic traffic (JSON Lines) to stdout or --out",
+        description="Realistic, reproducible traffic: overlapping customer sessions in event-time order.",
+    )
+    gn.add_argument("--seed", type=int, default=1)
+    gn.add_argument("--customers", type=int, default=1000)
+    gn.add_argument("--rate", type=float, default=10.0, help="mean events per second of event time")
+    limit = gn.add_mutually_exclusive_group(required=True)
+    limit.add_argument("--events", type=int, help="stop after this many events")
+    limit.add_argument("--hours", type=float, help="stop after this much event time")
+    gn.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=None,
+        help="event time of the first session (RFC 3339; default 2026-11-25T00:00:00Z)",
+    )
+    gn.add_argument("--out", type=Path)
+    gn.set_defaults(run=_generate)
+
     wk = commands.add_parser(
         "worker",
         help="run the streaming worker (Kafka in, Redis state, triggers out)",
@@ -73,6 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     st = commands.add_parser("settings", help="print the worker's effective settings (secrets masked)")
     st.set_defaults(run=_settings)
     return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    generator = TrafficGenerator(
+        seed=args.seed, customers=args.customers, events_per_second=args.rate, start=args.start
+    )
+    until = None if args.hours is None else generator.start_ms + int(args.hours * 3_600_000)
+    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
+    try:
+        for event in generator.events(count=args.events, until_ms=until):
+            out.write(orjson.dumps(event) + b"\n")
+    finally:
+        out.flush()
+        if args.out:
+            out.close()
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
