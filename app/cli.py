@@ -86,6 +86,26 @@ def _parser() -> argparse.ArgumentParser:
     gn.add_argument("--out", type=Path)
     gn.set_defaults(run=_generate)
 
+    dv = commands.add_parser(
+        "dev",
+        help="run the whole stack locally: embedded broker, redis-server, worker, traffic",
+        description="Everything on this machine, no Docker: an embedded Kafka-compatible broker,"
+        " redis-server (if installed), the worker and a traffic generator. Prints triggers as they"
+        " arrive; Ctrl-C stops it all.",
+    )
+    dv.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
+    dv.add_argument(
+        "--speed",
+        type=float,
+        default=20.0,
+        help="event time runs this many times faster than the clock (default 20)",
+    )
+    dv.add_argument("--customers", type=int, default=500)
+    dv.add_argument("--seed", type=int, default=1)
+    dv.add_argument("--json", action="store_true", help="print whole CloudEvents, not one-line summaries")
+    dv.add_argument("--duration", type=float, help="stop after this many seconds")
+    dv.set_defaults(run=_dev)
+
     wk = commands.add_parser(
         "worker",
         help="run the streaming worker (Kafka in, Redis state, triggers out)",
@@ -113,6 +133,20 @@ def _generate(args: argparse.Namespace) -> int:
         if args.out:
             out.close()
     return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from app.dev import DevStack
+
+    stack = DevStack(
+        rate=args.rate,
+        speed=args.speed,
+        customers=args.customers,
+        seed=args.seed,
+        json=args.json,
+        out=sys.stdout,
+    )
+    return stack.run(args.duration)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -1,0 +1,193 @@
+"""``micromoments dev``: the whole stack on one machine, no Docker, nothing to install.
+
+Starts the embedded Kafka-compatible broker and ``redis-server`` (or, if it is
+not on PATH, the in-memory store, with a warning), the worker as a child
+process, and a synthetic traffic generator whose event time runs ``speed``
+times faster than the wall clock, so a 30-minute cart timeout shows up within
+a couple of minutes. Triggers are printed as they arrive. Ctrl-C (or
+``--duration``) stops everything, in order, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable
+from app.settings import Settings, load_settings
+from app.traffic import TrafficGenerator
+from app.worker.feed import new_producer, publish
+from app.worker.kafka import client_options, ensure_topics
+
+# The embedded broker assigns partitions after half the session timeout: keep it short.
+DEV_SESSION_TIMEOUT_S = 3
+DEV_PARTITIONS = 4
+
+
+class DevStack:
+    def __init__(
+        self, *, rate: float, speed: float, customers: int, seed: int, json: bool, out: IO[str]
+    ) -> None:
+        self.rate = rate
+        self.speed = speed
+        self.customers = customers
+        self.seed = seed
+        self.json = json
+        self.out = out
+        self.sent = 0
+        self.triggers: Counter[str] = Counter()
+        self.dead_letters = 0
+
+    def say(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def run(self, duration: float | None) -> int:
+        with ExitStack() as stack:
+            broker = stack.enter_context(EmbeddedBroker())
+            redis_url = self._redis(stack)
+            env = {
+                "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
+                "MM_REDIS_URL": redis_url,
+                "MM_KAFKA_IDEMPOTENCE": "false",
+                "MM_KAFKA_SESSION_TIMEOUT": str(DEV_SESSION_TIMEOUT_S),
+                "MM_PARTITIONS": str(DEV_PARTITIONS),
+                "MM_METRICS_PORT": "0",
+                "MM_LOG_LEVEL": "warning",
+            }
+            settings = load_settings({**_mm_variables(), **env})
+            asyncio.run(ensure_topics(settings))
+            log = Path(tempfile.mkstemp(prefix="micromoments-worker-", suffix=".log")[1])
+            stack.enter_context(
+                _child([sys.executable, "-m", "app.cli", "worker"], {**os.environ, **env}, log)
+            )
+            self.say(f"broker {broker.bootstrap} | state {redis_url} | worker log {log}")
+            self.say(f"traffic: {self.rate:g} events/s, event time x{self.speed:g}; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(self._traffic_and_triggers(settings, duration))
+            self.say(self.summary())
+        return 0
+
+    def _redis(self, stack: ExitStack) -> str:
+        try:
+            EmbeddedRedis.binary()
+        except ServerUnavailable:
+            self.say(
+                "warning: redis-server is not on PATH; the worker keeps state in memory"
+                " (lost when it stops). Install Redis to try the real thing."
+            )
+            return "memory://"
+        return stack.enter_context(EmbeddedRedis()).url
+
+    async def _traffic_and_triggers(self, settings: Settings, duration: float | None) -> None:
+        tasks = [asyncio.create_task(self._generate(settings)), asyncio.create_task(self._tail(settings))]
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=duration, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _generate(self, settings: Settings) -> None:
+        started = time.time()
+        generator = TrafficGenerator(
+            seed=self.seed,
+            customers=self.customers,
+            events_per_second=self.rate / self.speed,
+            start=datetime.fromtimestamp(started, UTC),
+            diurnal=False,
+        )
+        producer = new_producer(settings)
+        await producer.start()
+        try:
+            for event in generator.events():
+                event_time = datetime.fromisoformat(event["occurred_at"]).timestamp()
+                wait = (event_time - started) / self.speed - (time.time() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await publish(producer, settings, [event], wait=False)
+                self.sent += 1
+        finally:
+            await producer.stop()
+
+    async def _tail(self, settings: Settings) -> None:
+        consumer = AIOKafkaConsumer(
+            settings.topic_triggers,
+            settings.topic_dlq,
+            **client_options(settings),
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=50,
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                if record.topic == settings.topic_dlq:
+                    self.dead_letters += 1
+                    headers = dict(record.headers or ())
+                    self.show(f"dead letter: {headers.get('mm.dlq.reason', b'?').decode()}")
+                    continue
+                trigger = orjson.loads(record.value)
+                self.triggers[trigger["data"]["moment"]] += 1
+                self.show(record.value.decode() if self.json else _one_line(trigger))
+        finally:
+            await consumer.stop()
+
+    def show(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def summary(self) -> str:
+        moments = ", ".join(f"{m} {n}" for m, n in self.triggers.most_common()) or "none"
+        return (
+            f"stopped: {self.sent:,} events sent, {sum(self.triggers.values()):,} triggers"
+            f" ({moments}), {self.dead_letters} dead letters"
+        )
+
+
+def _one_line(trigger: dict[str, Any]) -> str:
+    data = trigger["data"]
+    return (
+        f"{trigger['time'][11:19]}  {data['moment']:<20} {trigger['subject']:<12} "
+        f"{data['score']:.2f}  {data['journey_stage']:<13} {data['explanation']}"
+    )
+
+
+def _mm_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MM_")}
+
+
+@contextlib.contextmanager
+def _child(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as sink:
+        # Its own session: Ctrl-C reaches us only, and we stop the worker gracefully.
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
