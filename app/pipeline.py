@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
+from app.clock import EventClock
 from app.detector import Detection, Detector
 from app.events import Event
 from app.processor import Outcome, StreamProcessor
@@ -45,7 +46,9 @@ class Pipeline:
             if stream not in self._processors:
                 checkpoint = await self.store.checkpoint(stream)
                 self._processors[stream] = StreamProcessor(
-                    self.detector, clock=checkpoint.clock, deadlines=checkpoint.deadlines
+                    self.detector,
+                    clock=EventClock(checkpoint.clock, checkpoint.recent),
+                    deadlines=checkpoint.deadlines,
                 )
 
     def close(self, streams: Iterable[str]) -> None:
@@ -93,8 +96,8 @@ class Pipeline:
                 )
                 for customer in customers
             ]
-            clock = self._processors[stream].clock
-            saves.append(StreamSave(stream, writes, clock, outcome.deadlines))
+            clock = self._processors[stream].event_clock
+            saves.append(StreamSave(stream, writes, clock.time, outcome.deadlines, clock.recent))
         await self.store.save(saves)
 
     async def _load(self, customers: set[str]) -> tuple[dict[str, CustomerState], dict[str, int]]:

@@ -1,9 +1,10 @@
 """Event time for one stream: a replay, or one Kafka partition.
 
-The :class:`StreamProcessor` owns the stream's clock (the latest ``occurred_at``
-seen), derives the watermark (clock minus the allowed lateness), rejects events
-that are too late or absurdly far ahead, fires absence deadlines as the
-watermark passes them, and hands everything else to the :class:`Detector`.
+The :class:`StreamProcessor` owns the stream's :class:`~app.clock.EventClock`
+(the latest ``occurred_at`` that several events confirm), derives the
+watermark (clock minus the allowed lateness), skips late events, rejects
+events absurdly far ahead, fires absence deadlines as the watermark passes
+them, and hands everything else to the :class:`Detector`.
 
 Processing a batch is exactly processing its events one by one: the result
 does not depend on how the stream was cut into batches. The caller supplies the
@@ -20,6 +21,7 @@ from enum import StrEnum
 
 import msgspec
 
+from app.clock import EventClock
 from app.detector import Detection, Detector, Observation
 from app.events import Event
 from app.window import CustomerState
@@ -52,17 +54,21 @@ class StreamProcessor:
         self,
         detector: Detector,
         *,
-        clock: int | None = None,
+        clock: EventClock | None = None,
         deadlines: Mapping[str, int] | None = None,
     ) -> None:
         self.detector = detector
-        self.clock = clock
+        self.event_clock = clock or EventClock()
         window = detector.catalogue.window
         self._lateness = window.allowed_lateness
         self._skew = window.max_future_skew
         self._deadlines: dict[str, int] = dict(deadlines or {})
         self._heap = [(deadline, customer) for customer, deadline in self._deadlines.items()]
         heapq.heapify(self._heap)
+
+    @property
+    def clock(self) -> int | None:
+        return self.event_clock.time
 
     @property
     def watermark(self) -> int | None:
@@ -74,11 +80,11 @@ class StreamProcessor:
 
     def clock_after(self, timestamps: Iterable[int]) -> int | None:
         """The clock once events with these ``occurred_at`` (ms) were processed."""
-        clock = self.clock
+        clock = self.event_clock.copy()
         for ts in timestamps:
-            if clock is None or clock < ts <= clock + self._skew:
-                clock = ts
-        return clock
+            if clock.time is None or ts >= clock.time - self._lateness:
+                clock.observe(ts)
+        return clock.time
 
     def due(self, events: Sequence[Event]) -> set[str]:
         """Customers whose deadlines the batch's watermark will pass: load their states too."""
@@ -103,19 +109,19 @@ class StreamProcessor:
         outcome = Outcome()
         statuses = outcome.statuses
         detector = self.detector
+        clock = self.event_clock
         for event in events:
             ts = event.ts
-            clock = self.clock
-            if clock is not None:
-                if ts > clock + self._skew:
-                    statuses.append(Status.TOO_FAR_AHEAD)
-                    continue
-                if ts < clock - self._lateness:
-                    statuses.append(Status.LATE)
-                    continue
-            if clock is None or ts > clock:
-                self.clock = ts
-                self._fire_due(ts - self._lateness, states, outcome)
+            if clock.time is not None and ts < clock.time - self._lateness:
+                statuses.append(Status.LATE)
+                continue
+            moved_to = clock.observe(ts)
+            if moved_to is not None:
+                self._fire_due(moved_to - self._lateness, states, outcome)
+            if clock.time is not None and ts > clock.time + self._skew:
+                # Counted by the clock, so that a real jump is followed once confirmed.
+                statuses.append(Status.TOO_FAR_AHEAD)
+                continue
             customer = event.customer_id
             state = states.get(customer)
             if state is None:

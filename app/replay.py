@@ -119,17 +119,22 @@ async def replay(
     source = catalogue.trigger.source
     summary = Summary(files=len(paths))
 
-    def problem(file: str, line: int, reason: str, detail: str) -> None:
-        found = Problem(file, line, reason, detail)
-        summary.rejected[reason] += 1
-        if strict:
-            raise ReplayError(found)
-        on_problem(found)
+    # A batch's problems, by position in the input: decoding finds some as lines are
+    # read, the core others when the batch runs; they are reported in input order.
+    found: list[tuple[int, Problem]] = []
 
-    async def run(events: list[Event], origins: list[tuple[str, int]]) -> None:
+    def report() -> None:
+        for _, problem in sorted(found, key=lambda item: item[0]):
+            summary.rejected[problem.reason] += 1
+            if strict:
+                raise ReplayError(problem)
+            on_problem(problem)
+        found.clear()
+
+    async def run(events: list[Event], origins: list[tuple[str, int, int]]) -> None:
         batch = await pipeline.run({REPLAY_STREAM: events})
         statuses = batch.outcomes[REPLAY_STREAM].statuses
-        for status, (file, line), event in zip(statuses, origins, events, strict=True):
+        for status, (file, line, position), event in zip(statuses, origins, events, strict=True):
             if status is Status.APPLIED:
                 summary.applied += 1
             elif status is Status.DUPLICATE:
@@ -137,13 +142,9 @@ async def replay(
             elif status is Status.LATE:
                 summary.late += 1
             else:
-                problem(
-                    file,
-                    line,
-                    status.value,
-                    f"occurred_at {event.occurred_at.isoformat()} is more than the allowed"
-                    f" skew ahead of the stream's latest event",
-                )
+                detail = f"occurred_at {event.occurred_at.isoformat()} is too far ahead of the stream's clock"
+                found.append((position, Problem(file, line, status.value, detail)))
+        report()
         await finish(batch)
 
     async def finish(batch: Batch) -> None:
@@ -160,20 +161,19 @@ async def replay(
         total=total, unit="B", unit_scale=True, desc="replay", disable=_disabled(show_progress), leave=False
     ) as bar:
         events: list[Event] = []
-        origins: list[tuple[str, int]] = []
+        origins: list[tuple[str, int, int]] = []
         for file, number, raw in read_lines(paths, bar.update):
             summary.read += 1
             decoded = decode_event(raw)
             if isinstance(decoded, Rejection):
-                problem(file, number, decoded.reason.value, decoded.detail)
+                found.append((summary.read, Problem(file, number, decoded.reason.value, decoded.detail)))
                 continue
             events.append(decoded)
-            origins.append((file, number))
+            origins.append((file, number, summary.read))
             if len(events) >= batch_size:
                 await run(events, origins)
                 events, origins = [], []
-        if events:
-            await run(events, origins)
+        await run(events, origins)
     await pipeline.open([REPLAY_STREAM])
     await finish(await pipeline.flush(REPLAY_STREAM))
     summary.seconds = time.perf_counter() - started

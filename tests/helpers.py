@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from app.clock import QUORUM
 from app.config import Catalogue, load_catalogue
 from app.decoding import MAX_EVENT_BYTES, Reason, Rejection, decode_event
 from app.detector import Detection, Detector
@@ -60,6 +61,11 @@ def decode(obj: dict[str, Any]) -> Event:
 def ev(event_type: str, offset: str | int = 0, *, customer: str = "c1", **fields: Any) -> Event:
     """A decoded event: ``ev("product_view", "3m", product_id="p1", category="tv")``."""
     return decode(raw(event_type, offset, customer=customer, **fields))
+
+
+def ticks(offset: str | int, customer: str = "someone-else") -> list[Event]:
+    """Enough page views of another customer, all at ``offset``, to move the stream clock there."""
+    return [ev("page_view", offset, customer=customer) for _ in range(QUORUM)]
 
 
 def views(category: str, *offsets: str | int, customer: str = "c1") -> list[Event]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from helpers import DEFAULTS, at, ev, pipeline_triggers, random_stream, run, trigger_bytes, views
+from helpers import DEFAULTS, at, ev, pipeline_triggers, random_stream, run, ticks, trigger_bytes, views
 
+from app.clock import EventClock
 from app.config import load_catalogue
 from app.detector import Detector
 from app.processor import Status, StreamProcessor
@@ -13,15 +14,23 @@ from app.window import CustomerState
 
 def test_the_watermark_trails_the_latest_event_time_by_the_allowed_lateness() -> None:
     processor = StreamProcessor(Detector(DEFAULTS))
-    assert processor.watermark is None
-    processor.process([ev("page_view", "10m"), ev("page_view", "9m")], {})
+    processor.process(ticks("9m")[:-1], {})
+    assert processor.watermark is None  # not enough events yet to tell the time
+    processor.process([ev("page_view", "9m"), *ticks("10m")], {})
     assert processor.clock == at("10m")
     assert processor.watermark == at("8m")
 
 
+def test_one_event_cannot_drag_the_clock_ahead() -> None:
+    hour_ahead = ev("page_view", "1h", customer="skewed-device")
+    result = run([*ticks("0s"), hour_ahead, *ticks("1m")])
+    assert result.processor.clock == at("1m")
+    assert Status.LATE not in result.statuses
+
+
 def test_late_events_are_counted_and_change_nothing() -> None:
     processor, states = StreamProcessor(Detector(DEFAULTS)), {}
-    processor.process([ev("page_view", "10m")], states)
+    processor.process([ev("page_view", "10m"), *ticks("10m")], states)
     before = encode_state(states["c1"])
 
     # Older than the watermark (8m): would otherwise compare prices, or open a new customer.
@@ -36,18 +45,28 @@ def test_late_events_are_counted_and_change_nothing() -> None:
 
 
 def test_an_event_exactly_at_the_watermark_is_applied() -> None:
-    result = run([ev("page_view", "10m"), ev("compare_view", "8m")])
-    assert result.statuses == [Status.APPLIED, Status.APPLIED]
+    result = run([*ticks("10m"), ev("compare_view", "8m")])
+    assert result.statuses[-1] == Status.APPLIED
     assert result.only("price_comparison").ts == at("8m")
 
 
 def test_events_too_far_ahead_are_rejected_without_moving_the_clock() -> None:
-    day = 86_400_000  # max_future_skew
-    result = run([ev("page_view", "0s"), ev("compare_view", day + 1), ev("page_view", day)])
-    assert result.statuses == [Status.APPLIED, Status.TOO_FAR_AHEAD, Status.APPLIED]
+    skew = DEFAULTS.window.max_future_skew
+    result = run([*ticks("0s"), ev("compare_view", skew + 1), ev("page_view", "1m")])
+    assert result.statuses[-2:] == [Status.TOO_FAR_AHEAD, Status.APPLIED]
     assert result.detections == []
-    assert result.processor.clock == at(day)
-    assert len(result.states["c1"].entries) == 1  # the day-old page view was pruned by the newer one
+    assert result.processor.clock == at("0s")
+    assert [e.ts for e in result.states["c1"].entries] == [at("1m")]
+
+
+def test_the_clock_follows_a_real_jump_once_events_confirm_it() -> None:
+    # A quiet partition wakes up after more than the skew: its first events are
+    # rejected until enough of them agree on the new time.
+    later = DEFAULTS.window.max_future_skew + 3_600_000
+    result = run([*ticks("0s"), *ticks(later, customer="c1"), ev("compare_view", later)])
+    assert result.statuses[3:] == [Status.TOO_FAR_AHEAD, Status.TOO_FAR_AHEAD, Status.APPLIED, Status.APPLIED]
+    assert result.processor.clock == at(later)
+    assert result.moments() == ["price_comparison"]
 
 
 def test_out_of_order_events_within_the_lateness_are_inserted_in_time_order() -> None:
@@ -74,8 +93,8 @@ def test_deadlines_survive_a_restart_of_the_processor() -> None:
     states: dict[str, CustomerState] = {}
     first.process([ev("add_to_cart", "0s", product_id="p1")], states)
 
-    resumed = StreamProcessor(Detector(DEFAULTS), clock=first.clock, deadlines=first.deadlines)
-    tick = [ev("page_view", "40m", customer="c2")]
+    resumed = StreamProcessor(Detector(DEFAULTS), clock=first.event_clock.copy(), deadlines=first.deadlines)
+    tick = ticks("40m")
     assert resumed.due(tick) == {"c1"}
     outcome = resumed.process(tick, states)
 
@@ -85,8 +104,8 @@ def test_deadlines_survive_a_restart_of_the_processor() -> None:
 
 def test_a_due_deadline_of_a_customer_without_state_is_dropped() -> None:
     # The customer was erased (or expired) since the deadline was armed: nothing to fire.
-    processor = StreamProcessor(Detector(DEFAULTS), clock=at("0s"), deadlines={"c1": at("30m")})
-    outcome = processor.process([ev("page_view", "40m", customer="c2")], {})
+    processor = StreamProcessor(Detector(DEFAULTS), clock=EventClock(at("0s")), deadlines={"c1": at("30m")})
+    outcome = processor.process(ticks("40m"), {})
     assert outcome.detections == []
     assert outcome.deadlines == {"c1": None}
     assert processor.deadlines == {}

@@ -23,14 +23,15 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
 
 @pytest.fixture
 def mixed(tmp_path: Path) -> Path:
-    """Line 1 good, line 2 blank, then every kind of bad line, then a good one, then too far ahead."""
-    far = orjson.dumps(raw("page_view", "2d", event_id="g9"))
-    lines = [orjson.dumps(GOOD[0]), b"   ", *BAD_LINES.values(), orjson.dumps(GOOD[1]), far]
+    """Line 1 good, line 2 blank, then every kind of bad line, then two good ones, then too far ahead."""
+    third = orjson.dumps(raw("page_view", "1m", event_id="g3", customer="c3"))  # the clock needs three
+    far = orjson.dumps(raw("page_view", "8d", event_id="g9"))
+    lines = [orjson.dumps(GOOD[0]), b"   ", *BAD_LINES.values(), orjson.dumps(GOOD[1]), third, far]
     return write_lines(tmp_path / "mixed.jsonl", lines)
 
 
 EXPECTED_PROBLEMS = [(line, reason.value) for line, reason in enumerate(BAD_LINES, start=3)] + [
-    (3 + len(BAD_LINES) + 1, "timestamp_out_of_range")
+    (3 + len(BAD_LINES) + 2, "timestamp_out_of_range")
 ]
 
 
@@ -43,7 +44,7 @@ async def test_replay_reports_every_bad_line_and_carries_on(mixed: Path) -> None
     assert [(p.line, p.reason) for p in problems] == EXPECTED_PROBLEMS
     assert {p.file for p in problems} == {str(mixed)}
     assert all(p.detail for p in problems)
-    assert (summary.read, summary.applied, summary.late, summary.duplicates) == (13, 2, 0, 0)
+    assert (summary.read, summary.applied, summary.late, summary.duplicates) == (14, 3, 0, 0)
     assert sum(summary.rejected.values()) == 11
     assert dict(summary.triggers) == {"price_comparison": 1, "cart_abandonment": 1}  # the cart is flushed
     triggers = [orjson.loads(line) for line in out.getvalue().splitlines()]

@@ -19,7 +19,7 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._blobs: dict[str, tuple[bytes, int, int]] = {}  # customer -> (state, version, expires_at)
         self._expiry: list[tuple[int, str]] = []
-        self._clocks: dict[str, int | None] = {}
+        self._clocks: dict[str, tuple[int | None, list[int]]] = {}
         self._deadlines: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
@@ -49,7 +49,7 @@ class MemoryStateStore:
             self._expiry = [(expires_at, c) for c, (_, _, expires_at) in self._blobs.items()]
             heapq.heapify(self._expiry)
         for save in saves:
-            self._clocks[save.stream] = save.clock
+            self._clocks[save.stream] = (save.clock, list(save.recent))
             pending = self._deadlines.setdefault(save.stream, {})
             for customer, deadline in save.deadlines.items():
                 if deadline is None:
@@ -61,7 +61,8 @@ class MemoryStateStore:
             self._expire(max(clocks))
 
     async def checkpoint(self, stream: str) -> Checkpoint:
-        return Checkpoint(self._clocks.get(stream), dict(self._deadlines.get(stream, {})))
+        clock, recent = self._clocks.get(stream, (None, []))
+        return Checkpoint(clock, dict(self._deadlines.get(stream, {})), recent)
 
     async def forget(self, customer: str) -> bool:
         found = self._blobs.pop(customer, None) is not None

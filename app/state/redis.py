@@ -6,7 +6,8 @@ and each stream's, keys together):
 - ``{prefix}:s:{<customer>}`` — string: an 8-byte big-endian version, then the
   MessagePack state. Loading a batch is one ``MGET``. The key expires (``PX``)
   when the state is of no further use, so idle customers cost nothing.
-- ``{prefix}:clock:{<stream>}`` — the stream's event-time clock (ms).
+- ``{prefix}:clock:{<stream>}`` — the stream's event-time clock (ms), then the
+  timestamps it has not confirmed yet, space-separated (``-`` for no clock yet).
 - ``{prefix}:deadlines:{<stream>}`` — sorted set, customer -> absence deadline (ms).
 - ``{prefix}:streams`` — the set of stream names, so ``forget`` can reach every deadline set.
 
@@ -134,7 +135,8 @@ class RedisStateStore:
         args[0] = len(customers)
         for save in saves:
             keys += [self.clock_key(save.stream), self.deadlines_key(save.stream)]
-            args += [save.stream, "" if save.clock is None else save.clock, len(save.deadlines)]
+            clock = " ".join(str(t) for t in ["-" if save.clock is None else save.clock, *save.recent])
+            args += [save.stream, clock, len(save.deadlines)]
             for customer, deadline in save.deadlines.items():
                 args += [customer, "" if deadline is None else deadline]
         keys.append(self.streams_key)
@@ -147,9 +149,11 @@ class RedisStateStore:
             pipe.get(self.clock_key(stream))
             pipe.zrange(self.deadlines_key(stream), 0, -1, withscores=True)
             clock, pending = await pipe.execute()
+        time, *recent = (clock or b"-").split()
         return Checkpoint(
-            None if clock is None else int(clock),
+            None if time == b"-" else int(time),
             {customer.decode(): int(deadline) for customer, deadline in pending},
+            [int(t) for t in recent],
         )
 
     async def forget(self, customer: str) -> bool:

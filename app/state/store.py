@@ -40,11 +40,14 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     # Customer -> their new deadline, or None to drop theirs.
     deadlines: Mapping[str, int | None]
+    # Timestamps the clock has seen but not yet confirmed (see app.clock).
+    recent: Sequence[int] = ()
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     deadlines: dict[str, int]
+    recent: list[int] = msgspec.field(default_factory=list)
 
 
 class ConflictError(RuntimeError):
