@@ -18,16 +18,18 @@ from typing import Annotated, Any, Final
 import msgspec
 
 # One printable token without white space: ids end up in logs, keys and CloudEvents.
-_ID_PATTERN: Final = r"^[^\s\x00-\x1f\x7f]+$"
+# Patterns end in ``\Z``, not ``$``: Python's ``$`` also matches before a final
+# newline, so ``"c1\n"`` would pass. ``\Z`` gives ``$`` its JSON Schema (ECMA-262) meaning.
+_ID_PATTERN: Final = r"^[^\s\x00-\x1f\x7f]+\Z"
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(max_length=2048)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
-Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
-TimeZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")]
+Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*\Z")]
+TimeZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+\Z")]
 
 CLICKSTREAM_TYPES: Final = frozenset(
     {
