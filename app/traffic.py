@@ -55,7 +55,7 @@ PERSONAS: Final = (
     ("find_store", 0.06),
     ("frustrated", 0.06),
 )
-MEAN_EVENTS_PER_SESSION: Final = 8.5
+MEAN_EVENTS_PER_SESSION: Final = 5.3  # measured over the personas below
 
 
 class TrafficGenerator:

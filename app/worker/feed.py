@@ -29,13 +29,12 @@ def topic_for(event_type: object, settings: Settings) -> str:
 
 
 def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **client_options(settings),
-        acks="all",
-        linger_ms=settings.kafka_linger_ms,
-        enable_idempotence=settings.kafka_idempotence,
-        **options,
-    )
+    defaults = {
+        "acks": "all",
+        "linger_ms": settings.kafka_linger_ms,
+        "enable_idempotence": settings.kafka_idempotence,
+    }
+    return AIOKafkaProducer(**client_options(settings), **{**defaults, **options})
 
 
 async def publish(

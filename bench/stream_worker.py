@@ -1,0 +1,326 @@
+"""Benchmark: one streaming worker end to end, against a naive Faust agent, on real servers.
+
+For each contender (the micromoments worker, and bench/naive_agent.py):
+
+1. throughput: pre-produce a realistic mix of events (default 200,000 for 20,000
+   customers) into the embedded broker, start the worker, and time it from its
+   first committed offsets until everything is committed;
+2. latency: with the worker caught up, offer live traffic at fixed rates (events
+   stamped with the wall clock as they are sent) and measure event-to-trigger
+   latency — trigger received minus the triggering event's time — for the moments
+   an event completes (cart abandonment, an absence, has no triggering event).
+
+Prints both and their ratio. Servers (Tansu broker, redis-server) run on free
+loopback ports and stop at the end.
+
+    .venv/bin/python bench/stream_worker.py
+    .venv/bin/python bench/stream_worker.py --events 50000 --customers 5000 --rates 1000 --skip-naive
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.settings import Settings, load_settings
+from app.traffic import TrafficGenerator
+from app.triggers import format_time
+from app.worker.feed import new_producer, publish
+from app.worker.kafka import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+DATASET_SPAN_S = 3 * 3600
+WARM_UP_S = 120
+
+
+def settings_for(name: str, broker: EmbeddedBroker, redis: EmbeddedRedis) -> dict[str, str]:
+    return {
+        "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "MM_REDIS_URL": redis.url,
+        "MM_REDIS_PREFIX": name,
+        "MM_KAFKA_IDEMPOTENCE": "false",
+        "MM_KAFKA_SESSION_TIMEOUT": "3",
+        "MM_PARTITIONS": str(PARTITIONS),
+        "MM_GROUP_ID": name,
+        "MM_LOG_LEVEL": "warning",
+        "MM_METRICS_PORT": "0",
+        **{
+            f"MM_TOPIC_{kind}": f"{name}.{kind.lower()}"
+            for kind in ("CLICKSTREAM", "SEARCH", "PURCHASE", "TRIGGERS", "DLQ", "REPARTITION")
+        },
+    }
+
+
+def dataset(events: int, customers: int, seed: int) -> list[bytes]:
+    generator = TrafficGenerator(
+        seed=seed, customers=customers, events_per_second=events / DATASET_SPAN_S, diurnal=False
+    )
+    generated = list(generator.events(count=events))
+    # Shifted to end a minute ago, so the live traffic that follows is not "too far ahead" of it.
+    shift = int((time.time() - 60) * 1000) - _ms(generated[-1]["occurred_at"])
+    return [
+        orjson.dumps({**event, "occurred_at": format_time(_ms(event["occurred_at"]) + shift)})
+        for event in generated
+    ]
+
+
+def _ms(occurred_at: str) -> int:
+    return int(datetime.fromisoformat(occurred_at).timestamp() * 1000)
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def committed_total(reader: AIOKafkaConsumer, topics: set[str]) -> int:
+    # A consumer that never subscribes reads the group's commits without joining it
+    # (the embedded broker does not answer the admin API's OffsetFetch).
+    offsets = [
+        await reader.committed(TopicPartition(t, p)) for t in sorted(topics) for p in range(PARTITIONS)
+    ]
+    return sum(offset for offset in offsets if offset)
+
+
+async def measure_throughput(
+    settings: Settings, group: str, total: int, process: subprocess.Popen[bytes], limit_s: float
+) -> dict[str, float]:
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await reader.start()
+    topics = set(settings.input_topics)
+    try:
+        # From the last look that saw no progress (so startup is excluded, and up to one
+        # polling interval of work is counted against the worker) to the first that sees all.
+        idle_until = time.monotonic()
+        deadline = idle_until + limit_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited with {process.returncode}")
+            done = await committed_total(reader, topics)
+            now = time.monotonic()
+            if done == 0:
+                idle_until = now
+            elif done >= total:
+                return {
+                    "events": total,
+                    "seconds": now - idle_until,
+                    "events_per_s": total / (now - idle_until),
+                }
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"not done within {limit_s} s")
+    finally:
+        await reader.stop()
+
+
+def live_traffic(rate: float, seconds: float, seed: int) -> list[tuple[float, dict[str, Any]]]:
+    """``seconds`` of traffic at about ``rate``, as (seconds from the start, event).
+
+    Generated before the clock starts, so producing it costs the harness nothing at
+    send time; sessions begin WARM_UP_S early and only events from the start on are kept.
+    """
+    start = time.time()
+    generator = TrafficGenerator(
+        seed=seed,
+        customers=5000,
+        events_per_second=rate,
+        diurnal=False,
+        start=datetime.fromtimestamp(start - WARM_UP_S, UTC),
+    )
+    return [
+        (_ms(event["occurred_at"]) / 1000 - start, event)
+        for event in generator.events(until_ms=int((start + seconds) * 1000))
+        if _ms(event["occurred_at"]) >= start * 1000
+    ]
+
+
+async def measure_latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    events = live_traffic(rate, seconds, seed)
+    tail = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, fetch_max_wait_ms=5)
+    await tail.start()
+    partitions = [TopicPartition(settings.topic_triggers, p) for p in range(PARTITIONS)]
+    tail.assign(partitions)
+    await tail.seek_to_end(*partitions)
+    latencies: list[float] = []
+
+    async def collect() -> None:
+        while True:
+            batch = await tail.getmany(timeout_ms=100)
+            received = time.time()
+            for records in batch.values():
+                for record in records:
+                    trigger = orjson.loads(record.value)
+                    if trigger["data"]["moment"] == "cart_abandonment":
+                        continue
+                    occurred = datetime.fromisoformat(trigger["time"]).timestamp()
+                    latencies.append((received - occurred) * 1000)
+
+    collector = asyncio.create_task(collect())
+    producer = new_producer(settings, linger_ms=0)
+    await producer.start()
+    await asyncio.sleep(1)  # let the tail's first fetch settle
+    started = time.time()
+    pending = []
+    for after, event in events:
+        at = started + after
+        # Event time = the moment it is sent: a trigger's lag behind its event is its latency.
+        event["occurred_at"] = format_time(int(at * 1000))
+        wait = at - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pending.append(await producer.send(*_route(settings, event)))
+        if len(pending) > 1000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    await asyncio.sleep(3)  # stragglers
+    collector.cancel()
+    await producer.stop()
+    await tail.stop()
+    latencies.sort()
+    return {
+        "offered_per_s": len(events) / seconds,
+        "triggers": len(latencies),
+        "p50_ms": statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+    }
+
+
+def _route(settings: Settings, event: dict[str, Any]) -> tuple[Any, ...]:
+    from app.worker.feed import topic_for
+
+    topic = topic_for(event["event_type"], settings)
+    occurred = int(datetime.fromisoformat(event["occurred_at"]).timestamp() * 1000)
+    return topic, orjson.dumps(event), event["customer_id"].encode(), None, occurred
+
+
+async def preproduce(settings: Settings, lines: list[bytes]) -> None:
+    await ensure_topics(settings)
+    producer = new_producer(settings, max_batch_size=1 << 20, linger_ms=20)
+    await producer.start()
+    try:
+        await publish(producer, settings, lines)
+    finally:
+        await producer.stop()
+
+
+async def contender(
+    name: str,
+    command: list[str],
+    group: str,
+    args: argparse.Namespace,
+    broker: EmbeddedBroker,
+    redis: EmbeddedRedis,
+    lines: list[bytes],
+) -> dict[str, Any]:
+    env = settings_for(name, broker, redis)
+    settings = load_settings(env)
+    started = time.perf_counter()
+    await preproduce(settings, lines)
+    print(f"[{name}] pre-produced {len(lines):,} events in {time.perf_counter() - started:.1f} s", flush=True)
+    log = Path(tempfile.gettempdir()) / f"bench-{name}.log"
+    result: dict[str, Any] = {}
+    with running(command, env, log) as process:
+        result["throughput"] = await measure_throughput(settings, group, len(lines), process, args.timeout)
+        print(f"[{name}] throughput {result['throughput']['events_per_s']:,.0f} events/s", flush=True)
+        for rate in args.rates:
+            result[f"latency@{rate:g}"] = await measure_latency(settings, rate, args.seconds, args.seed + 1)
+            print(f"[{name}] at {rate:g}/s: {result[f'latency@{rate:g}']}", flush=True)
+    print(f"[{name}] worker log: {log}", flush=True)
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument(
+        "--rates",
+        type=lambda s: [float(r) for r in s.split(",")],
+        default=[1000.0, 5000.0],
+        help="offered rates (events/s) for the latency runs, comma-separated",
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each latency run")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+
+    lines = dataset(args.events, args.customers, args.seed)
+    results = {}
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        results["micromoments"] = await contender(
+            "micromoments",
+            [sys.executable, "-m", "app.cli", "worker"],
+            "micromoments",
+            args,
+            broker,
+            redis,
+            lines,
+        )
+        if not args.skip_naive:
+            results["naive"] = await contender(
+                "naive",
+                [sys.executable, "bench/naive_agent.py", "worker", "-l", "warn"],
+                "naive-naive",
+                args,
+                broker,
+                redis,
+                lines,
+            )
+    print()
+    print(
+        f"{'':16}{'events/s':>12}" + "".join(f"{f'p50@{r:g}/s':>14}{f'p99@{r:g}/s':>14}" for r in args.rates)
+    )
+    for name, result in results.items():
+        row = f"{name:16}{result['throughput']['events_per_s']:>12,.0f}"
+        for rate in args.rates:
+            latency = result[f"latency@{rate:g}"]
+            row += f"{latency['p50_ms']:>12.1f}ms{latency['p99_ms']:>12.1f}ms"
+        print(row)
+    if "naive" in results:
+        ratio = (
+            results["micromoments"]["throughput"]["events_per_s"]
+            / results["naive"]["throughput"]["events_per_s"]
+        )
+        print(f"\nthroughput ratio micromoments / naive: {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
