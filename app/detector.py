@@ -19,7 +19,7 @@ the streaming worker and the tests run exactly this code.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -65,6 +65,11 @@ class Observation(msgspec.Struct, gc=False):
     suppressed: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
 
+# Shared answers for the common cases; callers only read observations.
+QUIET: Final = Observation()
+DUPLICATE: Final = Observation(duplicate=True)
+
+
 class Detector:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
@@ -74,7 +79,7 @@ class Detector:
         self.moments = {m.name: m for m in every if m.config.enabled}
         self._evaluated_on: dict[int, list[Moment]] = {
             kind: [m for m in self.moments.values() if kind in m.kinds and m is not self.cart]
-            for kind in Kind
+            for kind in range(len(Kind.NAMES))
         }
         self._tracks_cart = self.cart.name in self.moments
         self.vocabulary = Vocabulary(
@@ -96,6 +101,11 @@ class Detector:
         ]
         # A late event is evaluated as of its own time, so keep what its windows need.
         self.retention = max(looks_back) + window.allowed_lateness
+        # Looked up once here rather than per event.
+        self._cart_kinds = (
+            frozenset(int(kind) for kind in self.cart.kinds) if self._tracks_cart else frozenset()
+        )
+        self._caps = (self.retention, window.max_events, window.order_retention, window.max_orders)
 
     def observe(self, state: CustomerState, event: Event, ts: int) -> Observation:
         """Add ``event`` (whose ``occurred_at`` is ``ts`` ms) to ``state``; return what it completes.
@@ -109,7 +119,7 @@ class Detector:
             # keeps the triggers independent of when, or whether, they do.
             clear(state)
         elif contains_event(state, event.event_id):
-            return Observation(duplicate=True)
+            return DUPLICATE
         entry = self._entry(event, ts)
         insert(state.entries, entry)
         self._remember(state, event, ts)
@@ -117,21 +127,16 @@ class Detector:
         if isinstance(event, PurchaseEvent):
             purchased = [item.product_id for item in event.items]
             self._record_order(state, event, ts, purchased)
-        if self._tracks_cart and entry.kind in self.cart.kinds:
+        if entry.kind in self._cart_kinds:
             self.cart.track(state, entry, purchased)
-        observation = Observation()
+        observation = QUIET
         for moment in self._evaluated_on[entry.kind]:
             candidate = moment.evaluate(state, entry)
             if candidate is not None:
+                if observation is QUIET:
+                    observation = Observation()
                 self._decide(state, candidate, observation)
-        window = self.catalogue.window
-        prune(
-            state,
-            retention=self.retention,
-            max_events=window.max_events,
-            order_retention=window.order_retention,
-            max_orders=window.max_orders,
-        )
+        prune(state, *self._caps)
         return observation
 
     def expire(self, state: CustomerState) -> Observation:
@@ -221,16 +226,16 @@ class Detector:
         }
 
     def _entry(self, event: Event, ts: int) -> Entry:
-        kind = Kind.of(event.event_type)
-        flags = self.vocabulary.signals(event)
+        kind = event.kind
         if isinstance(event, ClickstreamEvent):
             detail = event.step if kind == Kind.CHECKOUT_STEP else event.error_code
+            flags = 0 if event.error_code is None else self.vocabulary.signals(event)
             return Entry(
                 ts, kind, event.event_id, event.product_id, event.category, event.price, flags, detail
             )
         if isinstance(event, PurchaseEvent):
-            return Entry(ts, kind, event.event_id, None, None, event.total, flags, event.order_id)
-        return Entry(ts, kind, event.event_id, None, None, None, flags, None)
+            return Entry(ts, kind, event.event_id, None, None, event.total, 0, event.order_id)
+        return Entry(ts, kind, event.event_id, None, None, None, self.vocabulary.signals(event), None)
 
     @staticmethod
     def _remember(state: CustomerState, event: Event, ts: int) -> None:
@@ -244,7 +249,7 @@ class Detector:
             state.timezone = event.timezone or state.timezone
 
     def _record_order(self, state: CustomerState, event: PurchaseEvent, ts: int, products: list[str]) -> None:
-        if event.event_type == "refund":
+        if event.kind == Kind.REFUND:
             for order in state.orders:
                 if order.order_id == event.order_id:
                     order.refunded = True

@@ -7,29 +7,96 @@ keeps the two in agreement.
 
 The structs are frozen and validated on construction by :mod:`app.decoding`;
 code downstream can rely on every constraint written here.
+
+Types and lengths are checked by msgspec as it decodes; the character rules
+(the schemas' ``pattern``s) by ``__post_init__``, with plain string methods for
+the common ASCII case: msgspec's per-field regular expressions cost more than
+the whole rest of decoding.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import IntEnum
-from typing import Annotated, Any, Final
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Final, cast
 
 import msgspec
 
-# One printable token without white space: ids end up in logs, keys and CloudEvents.
-# Patterns end in ``\Z``, not ``$``: Python's ``$`` also matches before a final
-# newline, so ``"c1\n"`` would pass. ``\Z`` gives ``$`` its JSON Schema (ECMA-262) meaning.
-_ID_PATTERN: Final = r"^[^\s\x00-\x1f\x7f]+\Z"
-
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_ID_PATTERN)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(max_length=2048)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
+Currency = str
 Amount = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
-Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*\Z")]
-TimeZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+\Z")]
+Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+TimeZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+# The character rules, as in the schemas. ``\Z``, not ``$``: Python's ``$`` also
+# matches before a final newline; ``\Z`` gives ``$`` its JSON Schema meaning.
+# An id is one printable token without white space: ids end up in keys, logs and CloudEvents.
+_NOT_IN_ID: Final = re.compile(r"[\s\x00-\x1f\x7f]")
+_CURRENCY: Final = re.compile(r"^[A-Z]{3}\Z")
+_CHANNEL: Final = re.compile(r"^[a-z][a-z0-9_]*\Z")
+_TIME_ZONE: Final = re.compile(r"^[A-Za-z0-9_+\-/]+\Z")
+
+
+def _is_id(value: str) -> bool:
+    if value.isascii():
+        # For ASCII, white space other than the space is made of control characters.
+        return value.isprintable() and " " not in value
+    return _NOT_IN_ID.search(value) is None
+
+
+class _Verdicts:
+    """Values of one field known to match its pattern: few distinct ones, seen on most events."""
+
+    def __init__(self, field: str, pattern: re.Pattern[str], rule: str) -> None:
+        self.field, self.pattern, self.rule = field, pattern, rule
+        self.valid: set[str] = set()
+
+    def check(self, value: str) -> None:
+        if self.pattern.match(value) is None:
+            raise ValueError(f"Expected `str` {self.rule} - at `$.{self.field}`")
+        if len(self.valid) > 4096:  # bounded, whatever producers send
+            self.valid.clear()
+        self.valid.add(value)
+
+
+_CHANNELS: Final = _Verdicts("channel", _CHANNEL, "like `web` or `app`")
+_TIME_ZONES: Final = _Verdicts("timezone", _TIME_ZONE, "naming an IANA time zone")
+_CURRENCIES: Final = _Verdicts("currency", _CURRENCY, "of 3 capitals")
+
+
+def _check_ids(event: msgspec.Struct, fields: tuple[str, ...], joined: str) -> None:
+    """Every id field is one printable token: checked on all of them at once, then one by one."""
+    if joined.isascii() and joined.isprintable() and " " not in joined:
+        return
+    for field in fields:
+        value = getattr(event, field)
+        if value is not None and not _is_id(value):
+            raise ValueError(f"Expected `str` of printable characters without white space - at `$.{field}`")
+
+
+def _check_envelope(event: _Event, more_ids: tuple[str, ...] = (), joined: str = "") -> None:
+    _check_ids(
+        event,
+        (*_ENVELOPE_IDS, *more_ids),
+        event.event_id + event.customer_id + (event.session_id or "") + joined,
+    )
+    channel, zone = event.channel, event.timezone
+    if channel is not None and channel not in _CHANNELS.valid:
+        _CHANNELS.check(channel)
+    if zone is not None and zone not in _TIME_ZONES.valid:
+        _TIME_ZONES.check(zone)
+
+
+def _check_currency(currency: str | None) -> None:
+    if currency is not None and currency not in _CURRENCIES.valid:
+        _CURRENCIES.check(currency)
+
+
+_ENVELOPE_IDS: Final = ("event_id", "customer_id", "session_id")
+
 
 CLICKSTREAM_TYPES: Final = frozenset(
     {
@@ -51,35 +118,67 @@ PURCHASE_TYPES: Final = frozenset({"purchase", "refund"})
 EVENT_TYPES: Final = CLICKSTREAM_TYPES | SEARCH_TYPES | PURCHASE_TYPES
 
 
-class Kind(IntEnum):
-    """Compact code of an ``event_type``, stored in window entries instead of the string."""
+class Kind:
+    """Compact code of an ``event_type``, stored in window entries instead of the string.
 
-    PAGE_VIEW = 0
-    PRODUCT_VIEW = 1
-    ADD_TO_CART = 2
-    REMOVE_FROM_CART = 3
-    WISHLIST_ADD = 4
-    COMPARE_VIEW = 5
-    REVIEW_VIEW = 6
-    CHECKOUT_STEP = 7
-    HELP_VIEW = 8
-    STORE_LOCATOR_VIEW = 9
-    ERROR = 10
-    SEARCH = 11
-    PURCHASE = 12
-    REFUND = 13
+    Plain ints, not an IntEnum: entries are compared with these in every window
+    scan, and enum members are several times slower to look up and compare.
+    """
 
-    @classmethod
-    def of(cls, event_type: str) -> Kind:
-        return cls[event_type.upper()]
+    PAGE_VIEW: Final = 0
+    PRODUCT_VIEW: Final = 1
+    ADD_TO_CART: Final = 2
+    REMOVE_FROM_CART: Final = 3
+    WISHLIST_ADD: Final = 4
+    COMPARE_VIEW: Final = 5
+    REVIEW_VIEW: Final = 6
+    CHECKOUT_STEP: Final = 7
+    HELP_VIEW: Final = 8
+    STORE_LOCATOR_VIEW: Final = 9
+    ERROR: Final = 10
+    SEARCH: Final = 11
+    PURCHASE: Final = 12
+    REFUND: Final = 13
+    # The event_type of each code, in code order.
+    NAMES: Final = (
+        "page_view",
+        "product_view",
+        "add_to_cart",
+        "remove_from_cart",
+        "wishlist_add",
+        "compare_view",
+        "review_view",
+        "checkout_step",
+        "help_view",
+        "store_locator_view",
+        "error",
+        "search",
+        "purchase",
+        "refund",
+    )
+
+    @staticmethod
+    def of(event_type: str) -> int:
+        return _KINDS[event_type]
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Fields common to every event; unknown extra fields are ignored on decode."""
+_KINDS: Final = {name: code for code, name in enumerate(Kind.NAMES)}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="event_type"):
+    """Fields common to every event; unknown extra fields are ignored on decode.
+
+    ``event_type`` is msgspec's tag: each type has its own small subclass (see
+    :data:`STRUCTS`), so one decoder pass both validates and picks the kind.
+    """
+
+    # The Kind code of the event type, set on each type's subclass.
+    kind: ClassVar[int] = -1
 
     event_id: Id
     customer_id: Id
-    event_type: str
     occurred_at: Timestamp
     session_id: Id | None = None
     channel: Channel | None = None
@@ -87,9 +186,16 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     timezone: TimeZoneName | None = None
 
     @property
+    def event_type(self) -> str:
+        return str(self.__struct_config__.tag)
+
+    @property
     def ts(self) -> int:
         """``occurred_at`` as integer milliseconds since the Unix epoch."""
-        return int(self.occurred_at.timestamp() * 1000)
+        return (self.occurred_at - _EPOCH) // _MILLISECOND
+
+    def __post_init__(self) -> None:
+        _check_envelope(self)
 
 
 class ClickstreamEvent(_Event, frozen=True, kw_only=True, gc=False):
@@ -103,6 +209,10 @@ class ClickstreamEvent(_Event, frozen=True, kw_only=True, gc=False):
     error_code: Token | None = None
     # The checkout step's name (``shipping``, ``payment``...) for ``checkout_step`` events.
     step: Token | None = None
+
+    def __post_init__(self) -> None:
+        _check_envelope(self, ("product_id",), self.product_id or "")
+        _check_currency(self.currency)
 
 
 class SearchEvent(_Event, frozen=True, kw_only=True, gc=False):
@@ -125,16 +235,38 @@ class PurchaseEvent(_Event, frozen=True, kw_only=True, gc=False):
     total: Amount | None = None
     currency: Currency | None = None
 
+    def __post_init__(self) -> None:
+        _check_envelope(self, ("order_id",), self.order_id)
+        _check_currency(self.currency)
+        for i, item in enumerate(self.items):
+            if not _is_id(item.product_id):
+                raise ValueError(
+                    f"Expected `str` of printable characters without white space"
+                    f" - at `$.items[{i}].product_id`"
+                )
+
 
 Event = ClickstreamEvent | SearchEvent | PurchaseEvent
 
 
+def _struct(event_type: str) -> type[Event]:
+    base: type[Event] = (
+        SearchEvent
+        if event_type in SEARCH_TYPES
+        else PurchaseEvent
+        if event_type in PURCHASE_TYPES
+        else ClickstreamEvent
+    )
+    name = "".join(word.title() for word in event_type.split("_"))
+    kind = {"kind": Kind.of(event_type)}
+    struct = msgspec.defstruct(name, [], bases=(base,), tag=event_type, namespace=kind)
+    return cast("type[Event]", struct)
+
+
+# One struct per event_type, each a subclass of its kind's.
+STRUCTS: Final = {event_type: _struct(event_type) for event_type in Kind.NAMES}
+
+
 def struct_for(event_type: str) -> type[Event] | None:
     """The struct that validates ``event_type``, or ``None`` for an unknown type."""
-    if event_type in CLICKSTREAM_TYPES:
-        return ClickstreamEvent
-    if event_type in SEARCH_TYPES:
-        return SearchEvent
-    if event_type in PURCHASE_TYPES:
-        return PurchaseEvent
-    return None
+    return STRUCTS.get(event_type)

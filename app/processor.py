@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import msgspec
 
 from app.clock import EventClock
-from app.detector import Detection, Detector, Observation
+from app.detector import QUIET, Detection, Detector, Observation
 from app.events import Event
 from app.window import CustomerState
 
 END_OF_TIME = 2**62
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 class Status(StrEnum):
@@ -78,20 +81,16 @@ class StreamProcessor:
     def deadlines(self) -> Mapping[str, int]:
         return self._deadlines
 
-    def clock_after(self, timestamps: Iterable[int]) -> int | None:
-        """The clock once events with these ``occurred_at`` (ms) were processed."""
-        clock = self.event_clock.copy()
-        for ts in timestamps:
-            if clock.time is None or ts >= clock.time - self._lateness:
-                clock.observe(ts)
-        return clock.time
-
     def due(self, events: Sequence[Event]) -> set[str]:
-        """Customers whose deadlines the batch's watermark will pass: load their states too."""
-        clock = self.clock_after(event.ts for event in events)
-        if clock is None:
+        """Customers whose deadlines the batch's watermark may pass: load their states too.
+
+        A superset: the clock cannot pass the batch's latest event, and loading a
+        customer whose deadline then does not fire costs a little and changes nothing.
+        """
+        if not self._deadlines or not events:
             return set()
-        watermark = clock - self._lateness
+        latest = max(event.occurred_at for event in events)  # datetimes compare without conversion
+        watermark = max(self.clock or 0, (latest - _EPOCH) // _MILLISECOND) - self._lateness
         heap, current, found = self._heap, self._deadlines, set()
         # Walk only the heap's subtrees whose root is due: O(due), not O(pending).
         stack = [0] if heap else []
@@ -107,18 +106,23 @@ class StreamProcessor:
     def process(self, events: Sequence[Event], states: dict[str, CustomerState]) -> Outcome:
         """Process ``events`` in order; ``states`` gains new customers and is updated in place."""
         outcome = Outcome()
+        # Locals: this loop runs for every event.
         statuses = outcome.statuses
-        detector = self.detector
+        observe = self.detector.observe
         clock = self.event_clock
+        lateness, skew, heap = self._lateness, self._skew, self._heap
         for event in events:
             ts = event.ts
-            if clock.time is not None and ts < clock.time - self._lateness:
+            now = clock.time
+            if now is not None and ts < now - lateness:
                 statuses.append(Status.LATE)
                 continue
             moved_to = clock.observe(ts)
             if moved_to is not None:
-                self._fire_due(moved_to - self._lateness, states, outcome)
-            if clock.time is not None and ts > clock.time + self._skew:
+                now = moved_to
+                if heap and heap[0][0] <= now - lateness:
+                    self._fire_due(now - lateness, states, outcome)
+            if now is not None and ts > now + skew:
                 # Counted by the clock, so that a real jump is followed once confirmed.
                 statuses.append(Status.TOO_FAR_AHEAD)
                 continue
@@ -126,12 +130,17 @@ class StreamProcessor:
             state = states.get(customer)
             if state is None:
                 state = states[customer] = CustomerState(customer_id=customer)
-            observation = detector.observe(state, event, ts)
-            if observation.duplicate:
+            observation = observe(state, event, ts)
+            if observation is QUIET:
+                statuses.append(Status.APPLIED)
+                outcome.touched.add(customer)
+                if state.cart is not None or customer in self._deadlines:
+                    self._collect(state, observation, outcome)
+            elif observation.duplicate:
                 statuses.append(Status.DUPLICATE)
-                continue
-            statuses.append(Status.APPLIED)
-            self._collect(state, observation, outcome)
+            else:
+                statuses.append(Status.APPLIED)
+                self._collect(state, observation, outcome)
         return outcome
 
     def flush(self, states: dict[str, CustomerState]) -> Outcome:
@@ -157,8 +166,10 @@ class StreamProcessor:
     def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:
         customer = state.customer_id
         outcome.touched.add(customer)
-        outcome.detections.extend(observation.detections)
-        outcome.suppressed.update(observation.suppressed)
+        if observation.detections:
+            outcome.detections.extend(observation.detections)
+        if observation.suppressed:
+            outcome.suppressed.update(observation.suppressed)
         cart = state.cart
         deadline = cart.deadline if cart is not None else None
         if deadline == self._deadlines.get(customer):
@@ -169,7 +180,8 @@ class StreamProcessor:
             self._deadlines[customer] = deadline
             heapq.heappush(self._heap, (deadline, customer))
             if len(self._heap) > 2 * len(self._deadlines) + 1024:
-                # Moved deadlines leave stale heap entries behind; shed them.
-                self._heap = [(d, c) for c, d in self._deadlines.items()]
+                # Moved deadlines leave stale heap entries behind; shed them, in place:
+                # callers iterate the same list.
+                self._heap[:] = [(d, c) for c, d in self._deadlines.items()]
                 heapq.heapify(self._heap)
         outcome.deadlines[customer] = deadline

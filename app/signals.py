@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from enum import IntFlag
+from typing import Final
 
 from app.events import ClickstreamEvent, Event, SearchEvent
 
 
-class Signal(IntFlag):
-    NONE = 0
-    PRICE_WORDS = 1 << 0
-    PRICE_SORT = 1 << 1
-    PRICE_FILTER = 1 << 2
-    REVIEW_WORDS = 1 << 3
-    REVIEW_SORT = 1 << 4
-    HOWTO_WORDS = 1 << 5
-    LOCAL_WORDS = 1 << 6
-    PAYMENT_DECLINED = 1 << 7
+class Signal:
+    """Bit flags of an entry. Plain ints, not an IntFlag: enum arithmetic is slow on the hot path."""
+
+    NONE: Final = 0
+    PRICE_WORDS: Final = 1 << 0
+    PRICE_SORT: Final = 1 << 1
+    PRICE_FILTER: Final = 1 << 2
+    REVIEW_WORDS: Final = 1 << 3
+    REVIEW_SORT: Final = 1 << 4
+    HOWTO_WORDS: Final = 1 << 5
+    LOCAL_WORDS: Final = 1 << 6
+    PAYMENT_DECLINED: Final = 1 << 7
 
 
 def phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str] | None:

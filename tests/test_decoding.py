@@ -67,7 +67,7 @@ def test_more_rejections(bad: bytes, reason: Reason) -> None:
 def test_valid_events_decode_to_their_struct(obj: dict[str, Any], struct: type) -> None:
     for encoded in (orjson.dumps(obj), orjson.dumps(obj).decode(), bytearray(orjson.dumps(obj))):
         event = decode_event(encoded)
-        assert type(event) is struct
+        assert isinstance(event, struct)
         assert event.event_id == obj["event_id"]
 
 

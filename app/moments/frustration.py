@@ -9,8 +9,6 @@ The event being evaluated must itself carry one of them.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from app.durations import Duration
 from app.events import Kind
 from app.moments.base import Candidate, Moment, MomentConfig
@@ -45,27 +43,32 @@ class Frustration(Moment):
 
     def evaluate(self, state: CustomerState, entry: Entry) -> Candidate | None:
         cfg = self.config
-        if entry.kind == Kind.SEARCH and not entry.flags & Signal.HOWTO_WORDS:
+        kind = entry.kind
+        if kind == Kind.SEARCH and not entry.flags & Signal.HOWTO_WORDS:
             return None
         window = between(state.entries, entry.ts - cfg.window, entry.ts)
-        errors = [e for e in window if e.kind == Kind.ERROR]
-        counts: Counter[str] = Counter()
-        evidence = [e.event_id for e in errors]
+        counts: dict[str, int] = {}
+        # Evidence besides the window's errors, which every frustration cites.
+        cited: list[str] = []
         if entry.flags & Signal.PAYMENT_DECLINED:
             counts["payment_declined"] = 1
-            if entry.kind != Kind.ERROR:
-                evidence.append(entry.event_id)
-        if entry.kind == Kind.ERROR and len(errors) >= cfg.min_errors:
-            counts["repeated_errors"] = len(errors)
-        elif entry.kind == Kind.CHECKOUT_STEP:
-            loop = [e for e in window if e.kind == Kind.CHECKOUT_STEP and e.detail == entry.detail]
+            if kind != Kind.ERROR:
+                cited.append(entry.event_id)
+        if kind == Kind.ERROR:
+            errors = sum(1 for e in window if e.kind == Kind.ERROR)
+            if errors >= cfg.min_errors:
+                counts["repeated_errors"] = errors
+        elif kind == Kind.CHECKOUT_STEP:
+            loop = [e.event_id for e in window if e.kind == Kind.CHECKOUT_STEP and e.detail == entry.detail]
             if len(loop) >= cfg.min_step_repeats:
                 counts["checkout_loop"] = len(loop)
-                evidence.extend(e.event_id for e in loop)
-        elif entry.kind in _HELP_KINDS and any(e.ts >= entry.ts - cfg.help_after_error for e in errors):
+                cited.extend(loop)
+        elif kind in _HELP_KINDS:
             # A help view, or a how-to search, right after an error.
-            counts["help_after_error"] = 1
-            evidence.append(entry.event_id)
+            since = entry.ts - cfg.help_after_error
+            if any(e.kind == Kind.ERROR and e.ts >= since for e in window):
+                counts["help_after_error"] = 1
+                cited.append(entry.event_id)
         if not counts:
             return None
         sentence = (
@@ -76,7 +79,7 @@ class Frustration(Moment):
         return self.candidate(
             entry,
             counts,
-            evidence,
+            [e.event_id for e in window if e.kind == Kind.ERROR] + cited,
             sentence,
             minimums={"repeated_errors": cfg.min_errors, "checkout_loop": cfg.min_step_repeats},
         )

@@ -11,6 +11,7 @@ Signals, within ``window`` of the event being evaluated:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from app.durations import Duration, format_duration
 from app.events import Kind
@@ -41,7 +42,12 @@ class PriceComparison(Moment):
 
     def evaluate(self, state: CustomerState, entry: Entry) -> Candidate | None:
         cfg = self.config
+        kind = entry.kind
+        if kind == Kind.SEARCH and not entry.flags & _PRICE_FLAGS:
+            return None
         window = between(state.entries, entry.ts - cfg.window, entry.ts)
+        if kind == Kind.PRODUCT_VIEW and not _browsing(window, entry.category, cfg.min_category_views):
+            return None  # the common case, decided without the full tally below
         counts: Counter[str] = Counter()
         evidence: list[str] = []
         products_by_category: dict[str, set[str]] = {}
@@ -84,6 +90,14 @@ class PriceComparison(Moment):
 
 
 _PRICE_FLAGS = Signal.PRICE_SORT | Signal.PRICE_FILTER | Signal.PRICE_WORDS
+
+
+def _browsing(window: Sequence[Entry], category: str | None, at_least: int) -> bool:
+    if category is None:
+        return False
+    products = {e.product_id for e in window if e.category == category and e.kind == Kind.PRODUCT_VIEW}
+    products.discard(None)
+    return len(products) >= at_least
 
 
 def _carries_signal(entry: Entry) -> bool:

@@ -83,6 +83,9 @@ class DetectorAgent:
         # Next offset to read, per input partition, of what has been fetched.
         self._fetched: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
+        # Input partitions not fetched from while this many of their records wait to be aligned.
+        self._pause_at = settings.batch_max
+        self._paused: set[TP] = set()
         self._waited = 0.0
         self._left_at = time.monotonic()
         self.max_wait = settings.align_max_wait_ms / 1000
@@ -100,6 +103,7 @@ class DetectorAgent:
                 released = self._release(now)
                 if released:
                     await self._handle(released)
+                self._flow_control()
             finally:
                 self._left_at = time.monotonic()
 
@@ -152,6 +156,33 @@ class DetectorAgent:
                 if records:
                     released[partition] = records
         return released
+
+    def _flow_control(self) -> None:
+        """Stop fetching topic-partitions whose records pile up in an aligner; resume them once drained.
+
+        A backlog's fetches can bring thousands of records of one topic before the first
+        of another topic of the same partition. Without a pause, they would pile up until
+        the aligner's ``max_buffered`` forced them out of event-time order, and the other
+        topic's events, older, would then be dropped as late. A paused topic-partition's
+        fetched records wait in the consumer; a topic with nothing waiting is never paused,
+        so the topic that holds a stream back is always fetched. With at most ``batch_max``
+        records per fetch, an aligner stays within ``2 * batch_max`` records per topic,
+        within its ``max_buffered``. While the flow is stopped (a rebalance), pausing is Faust's.
+        """
+        if not self._consumer.flow_active:
+            return
+        full: set[TP] = set()
+        drained: set[TP] = set()
+        for partition, aligner in self._aligners.items():
+            for topic, waiting in aligner.sizes().items():
+                (full if waiting >= self._pause_at else drained).add(TP(topic, partition))
+        pause, resume = full - self._paused, self._paused & drained
+        if pause:
+            self._consumer.pause_partitions(pause)
+            self._paused |= pause
+        if resume:
+            self._consumer.resume_partitions(resume)
+            self._paused -= resume
 
     def _committable(self) -> dict[TP, int]:
         """Next offset to read per partition: past what is processed, short of what waits."""
@@ -236,6 +267,8 @@ class DetectorAgent:
             for tp in revoked:
                 self._fetched.pop(tp, None)
                 self._committed.pop(tp, None)
+            # The consumer forgets pauses of revoked partitions itself.
+            self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}
             self.pipeline.close({stream_of(p) for p in partitions})
 
 

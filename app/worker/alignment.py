@@ -14,7 +14,10 @@ record or is caught up with its log end. A topic that is behind but has
 nothing buffered holds the stream back until its next fetch. Order gives way
 to progress when nothing has arrived or moved for ``max_wait`` seconds, or
 when more than ``max_buffered`` records wait. Live traffic rarely waits at
-all: after a fetch every topic is usually caught up.
+all: after a fetch every topic is usually caught up. A backlog can: fetches
+may bring many records of one topic before the first of another, so the
+caller should stop fetching a topic whose records pile up (:meth:`sizes`)
+rather than let ``max_buffered`` force them out of order.
 
 >>> from collections import namedtuple
 >>> R = namedtuple("R", "timestamp offset")
@@ -62,6 +65,10 @@ class Aligner(Generic[R]):
 
     def __len__(self) -> int:
         return sum(len(buffer) for buffer in self._buffers.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Records waiting, per topic."""
+        return {topic: len(buffer) for topic, buffer in self._buffers.items()}
 
     def release(self, caught_up: Callable[[str], bool], now: float) -> list[R]:
         """Records that can go now, in timestamp order; ``now`` is a monotonic clock."""
