@@ -130,6 +130,12 @@ class StreamProcessor:
             state = states.get(customer)
             if state is None:
                 state = states[customer] = CustomerState(customer_id=customer)
+            own = self._deadlines.get(customer)
+            if own is not None and own <= ts - lateness:
+                # The customer's own event proves the deadline passed, whatever the stream
+                # clock (which trails on a sparse partition) says: fire it first, so the
+                # outcome does not depend on how customers are spread over partitions.
+                self._fire(customer, own, states, outcome)
             observation = observe(state, event, ts)
             if observation is QUIET:
                 statuses.append(Status.APPLIED)
@@ -153,15 +159,17 @@ class StreamProcessor:
         heap = self._heap
         while heap and heap[0][0] <= watermark:
             deadline, customer = heapq.heappop(heap)
-            if self._deadlines.get(customer) != deadline:
-                continue  # moved or disarmed since it was pushed
-            state = states.get(customer)
-            if state is None:
-                # Erased (the right to be forgotten) or expired since: nothing to fire.
-                del self._deadlines[customer]
-                outcome.deadlines[customer] = None
-                continue
-            self._collect(state, self.detector.expire(state), outcome)
+            if self._deadlines.get(customer) == deadline:  # else moved or disarmed since pushed
+                self._fire(customer, deadline, states, outcome)
+
+    def _fire(self, customer: str, deadline: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
+        state = states.get(customer)
+        if state is None:
+            # Erased (the right to be forgotten) or expired since: nothing to fire.
+            del self._deadlines[customer]
+            outcome.deadlines[customer] = None
+            return
+        self._collect(state, self.detector.expire(state), outcome)
 
     def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:
         customer = state.customer_id

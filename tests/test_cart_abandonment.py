@@ -128,3 +128,14 @@ def test_a_late_purchase_that_settles_every_product_disarms_the_cart() -> None:
 def test_a_checkout_without_known_products_can_still_be_abandoned() -> None:
     result = run([ev("checkout_step", "0s", step="payment"), *ticks("3h")])
     assert result.moments() == ["cart_abandonment"]
+
+
+def test_the_customers_own_later_event_fires_the_deadline_before_it_is_applied() -> None:
+    # Alone on its stream, the clock (which needs several events to agree) has not
+    # passed the deadline; the customer's own event, long after it, proves it passed.
+    cart = ev("add_to_cart", "0s", product_id="p1", session_id="s1")
+    back_later = ev("page_view", "40m", session_id="s2")
+    result = run([cart, back_later])
+    detection = result.only("cart_abandonment")
+    assert detection.ts == at("30m")
+    assert detection.session_id == "s1"  # as of the deadline, not of the visit that followed

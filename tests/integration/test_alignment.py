@@ -1,0 +1,243 @@
+"""The :class:`~app.worker.alignment.Aligner` on its own (fake clock), and the agent's flow control."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from aiokafka import ConsumerRecord
+from faust.types import TP
+
+from app.config import load_catalogue
+from app.detector import Detector
+from app.pipeline import Pipeline
+from app.settings import load_settings
+from app.state.memory import MemoryStateStore
+from app.worker.agent import DetectorAgent
+from app.worker.alignment import Aligner
+from app.worker.faust_batch import BatchApp, BatchConsumer
+
+
+class R(NamedTuple):
+    topic: str
+    timestamp: int
+    offset: int
+
+
+def recs(topic: str, *timestamps: int, first_offset: int = 0) -> list[R]:
+    return [R(topic, ts, first_offset + i) for i, ts in enumerate(timestamps)]
+
+
+def stamps(records: list[R]) -> list[tuple[str, int]]:
+    return [(r.topic, r.timestamp) for r in records]
+
+
+def caught_up(*topics: str) -> Callable[[str], bool]:
+    """Only ``topics`` are caught up with their log end."""
+    return lambda topic: topic in topics
+
+
+ALL = caught_up("a", "b", "c")
+NONE = caught_up()
+
+
+def test_releases_in_timestamp_order_across_topics() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b", "c"])
+    aligner.add("a", recs("a", 10, 40, 70), now=0.0)
+    aligner.add("b", recs("b", 20, 50), now=0.0)
+    aligner.add("c", recs("c", 5, 60), now=0.0)
+    released = aligner.release(ALL, now=0.0)
+    assert stamps(released) == [("c", 5), ("a", 10), ("b", 20), ("a", 40), ("b", 50), ("c", 60), ("a", 70)]
+    assert len(aligner) == 0
+
+
+def test_records_of_one_topic_keep_their_order() -> None:
+    # Timestamps within a topic need not be sorted: the aligner merges heads, it does not sort.
+    aligner: Aligner[R] = Aligner(["a", "b"])
+    aligner.add("a", recs("a", 30, 10), now=0.0)
+    aligner.add("b", recs("b", 20), now=0.0)
+    assert stamps(aligner.release(ALL, now=0.0)) == [("b", 20), ("a", 30), ("a", 10)]
+
+
+def test_holds_back_while_a_topic_is_behind_with_nothing_buffered() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"])
+    aligner.add("a", recs("a", 10, 20), now=0.0)
+    # b may still deliver something older than 10: nothing goes.
+    assert aligner.release(caught_up("a"), now=0.1) == []
+    assert len(aligner) == 2
+    # A topic that is behind but has records buffered does not hold anything back.
+    aligner.add("b", recs("b", 15), now=0.2)
+    assert stamps(aligner.release(caught_up("a"), now=0.2)) == [("a", 10), ("b", 15)]
+    # b is empty again and still behind: 20 waits.
+    assert aligner.release(caught_up("a"), now=0.3) == []
+    assert stamps(aligner.release(ALL, now=0.3)) == [("a", 20)]
+
+
+def test_releases_once_the_lagging_topic_caught_up() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"])
+    aligner.add("a", recs("a", 10, 20), now=0.0)
+    assert aligner.release(NONE, now=0.0) == []
+    # The lagging topic turns out to have nothing more: it is caught up.
+    assert stamps(aligner.release(caught_up("b"), now=0.1)) == [("a", 10), ("a", 20)]
+
+
+def test_ties_go_in_topic_order() -> None:
+    for order in (["a", "b", "c"], ["c", "b", "a"]):
+        aligner: Aligner[R] = Aligner(order)
+        for topic in ("b", "a", "c"):
+            aligner.add(topic, recs(topic, 10, 20), now=0.0)
+        released = aligner.release(ALL, now=0.0)
+        assert stamps(released) == [(t, 10) for t in order] + [(t, 20) for t in order]
+
+
+def test_forced_release_after_max_wait_without_arrival() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10, 20), now=1.0)
+    assert aligner.release(caught_up("a"), now=1.0) == []
+    assert aligner.release(caught_up("a"), now=1.375) == []  # not before max_wait
+    # Stuck for max_wait: order gives way to progress, everything waiting goes.
+    assert stamps(aligner.release(caught_up("a"), now=1.5)) == [("a", 10), ("a", 20)]
+
+
+def test_an_arrival_restarts_the_wait() -> None:
+    # Times are binary fractions, so that "exactly max_wait later" is exact.
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10), now=0.0)
+    aligner.add("a", recs("a", 20, first_offset=1), now=0.25)
+    assert aligner.release(caught_up("a"), now=0.625) == []
+    assert stamps(aligner.release(caught_up("a"), now=0.75)) == [("a", 10), ("a", 20)]
+    # An empty add is no arrival.
+    aligner.add("a", recs("a", 30, first_offset=2), now=1.0)
+    aligner.add("a", [], now=1.25)
+    assert stamps(aligner.release(caught_up("a"), now=1.5)) == [("a", 30)]
+
+
+def test_progress_restarts_the_wait() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10, 30), now=0.0)
+    aligner.add("b", recs("b", 20), now=0.0)
+    # 10 and 20 go at 0.25; then b is empty and behind, so 30 waits.
+    assert stamps(aligner.release(caught_up("a"), now=0.25)) == [("a", 10), ("b", 20)]
+    # 0.5 is max_wait after the arrival, but not after the progress at 0.25.
+    assert aligner.release(caught_up("a"), now=0.5) == []
+    assert aligner.release(caught_up("a"), now=0.625) == []
+    assert stamps(aligner.release(caught_up("a"), now=0.75)) == [("a", 30)]
+
+
+def test_a_release_of_nothing_is_no_progress() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10), now=0.0)
+    for now in (0.125, 0.25, 0.375):
+        assert aligner.release(NONE, now=now) == []
+    assert stamps(aligner.release(NONE, now=0.5)) == [("a", 10)]
+
+
+def test_an_empty_aligner_never_forces() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    assert aligner.release(NONE, now=100.0) == []
+    aligner.add("a", recs("a", 10), now=100.0)
+    assert aligner.release(caught_up("a"), now=100.1) == []
+
+
+def test_forced_release_over_max_buffered() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=60.0, max_buffered=3)
+    aligner.add("a", recs("a", 10, 20, 30), now=0.0)
+    assert aligner.release(caught_up("a"), now=0.0) == []  # 3 is not over the limit
+    aligner.add("a", recs("a", 40, first_offset=3), now=0.0)
+    assert stamps(aligner.release(caught_up("a"), now=0.0)) == [("a", 10), ("a", 20), ("a", 30), ("a", 40)]
+
+
+def test_a_forced_release_still_goes_in_timestamp_order() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b", "c"], max_wait=0.5)
+    aligner.add("a", recs("a", 10, 40), now=0.0)
+    aligner.add("b", recs("b", 20, 30), now=0.0)
+    released = aligner.release(NONE, now=0.5)
+    assert stamps(released) == [("a", 10), ("b", 20), ("b", 30), ("a", 40)]
+
+
+def test_next_offsets_are_the_first_records_still_waiting() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b", "c"])
+    assert aligner.next_offsets() == {}
+    aligner.add("a", recs("a", 10, 30, first_offset=100), now=0.0)
+    aligner.add("b", recs("b", 20, first_offset=7), now=0.0)
+    assert aligner.next_offsets() == {"a": 100, "b": 7}
+    assert aligner.sizes() == {"a": 2, "b": 1, "c": 0}
+    # Released: a@100 (10), b@7 (20); then b is empty and behind, a@101 (30) waits.
+    assert stamps(aligner.release(caught_up("a", "c"), now=0.0)) == [("a", 10), ("b", 20)]
+    assert aligner.next_offsets() == {"a": 101}
+    aligner.release(ALL, now=0.0)
+    assert aligner.next_offsets() == {}
+
+
+def test_clear_drops_everything_and_the_wait() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10, 20), now=0.0)
+    aligner.add("b", recs("b", 15), now=0.0)
+    aligner.clear()
+    assert len(aligner) == 0
+    assert aligner.next_offsets() == {}
+    assert aligner.release(ALL, now=10.0) == []
+    # And it works as new afterwards.
+    aligner.add("a", recs("a", 30, first_offset=2), now=10.0)
+    assert aligner.release(caught_up("a"), now=10.25) == []
+    assert stamps(aligner.release(caught_up("a"), now=10.5)) == [("a", 30)]
+
+
+# --- the detector agent's flow control around its aligners -------------------------------------
+
+
+def consumer_record(topic: str, partition: int, offset: int, timestamp: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic, partition, offset, timestamp, 0, b"c1", b"{}", None, 2, 2, ())
+
+
+async def test_agent_pauses_topic_partitions_that_pile_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records of one topic that pile up, waiting for another topic, stop its fetching; not their order.
+
+    Without the pause, a backlog's fetches could bring more than ``max_buffered`` records
+    of one topic before the first of another, and the aligner would force them out of
+    event-time order. No broker: the app is never started, its consumer only records pauses.
+    """
+    settings = load_settings({}, batch_max=10, partitions=2)
+    app = BatchApp("flow-control", broker="kafka://127.0.0.1:9", web_enabled=False, datadir=str(tmp_path))
+    agent = DetectorAgent(app, settings, Pipeline(Detector(load_catalogue()), MemoryStateStore()), source="t")
+    consumer = app.consumer
+    assert isinstance(consumer, BatchConsumer)
+    clicks, search = settings.topic_clickstream, settings.topic_search
+    handled: list[dict[int, list[Any]]] = []
+
+    async def handle(released: dict[int, list[Any]]) -> None:
+        handled.append(released)
+
+    monkeypatch.setattr(agent, "_handle", handle)
+    lag: dict[str, int | None] = {}  # unknown (None) unless set: not caught up
+    monkeypatch.setattr(consumer, "lag", lambda tp: lag.get(tp.topic))
+
+    # 9 clicks of partition 0 wait for the other topics: under batch_max, nothing paused.
+    await agent({TP(clicks, 0): [consumer_record(clicks, 0, i, 1000 + i) for i in range(9)]})
+    assert handled == []
+    assert consumer._paused_partitions == set()
+    # The 10th: clicks of partition 0 stop being fetched; nothing else does.
+    await agent({TP(clicks, 0): [consumer_record(clicks, 0, 9, 1009)]})
+    assert handled == []
+    assert consumer._paused_partitions == {TP(clicks, 0)}
+    # Search's first record comes, and purchases and re-keyed records turn out to be caught up.
+    # Everything up to it goes, in event-time order (a tie goes to clicks, the first topic);
+    # then search is empty and behind again, and the rest waits.
+    lag.update({settings.topic_purchase: 0, settings.topic_repartition: 0})
+    await agent({TP(search, 0): [consumer_record(search, 0, 0, 1004)]})
+    assert [(r.topic, r.timestamp) for r in handled.pop()[0]] == [
+        *[(clicks, ts) for ts in range(1000, 1005)],
+        (search, 1004),
+    ]
+    # 5 clicks wait now, under batch_max: fetching them resumes.
+    assert consumer._paused_partitions == set()
+    assert agent._committable()[TP(clicks, 0)] == 5, "commits stop at the first record still waiting"
+    # Search caught up: the rest goes.
+    lag[search] = 0
+    await agent({})
+    assert [r.timestamp for r in handled.pop()[0]] == list(range(1005, 1010))
+    assert consumer._paused_partitions == set()
