@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="write triggers here instead of stdout")
     rp.add_argument("--config", type=Path, help="moment configuration (TOML) merged over the defaults")
     rp.add_argument("--errors", type=Path, help="write every rejected line here as JSON Lines")
+    rp.add_argument(
+        "--holdout", type=Path, help="write detections of held-out customers here (not contacted)"
+    )
     rp.add_argument("--strict", action="store_true", help="stop at the first bad line (exit 1)")
     rp.add_argument(
         "--progress",
@@ -106,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     dv.add_argument("--duration", type=float, help="stop after this many seconds")
     dv.set_defaults(run=_dev)
 
+    fd = commands.add_parser(
+        "feed",
+        help="send live synthetic traffic to the input topics (MM_* settings)",
+        description="Publish generated events to Kafka as producers should (keyed by customer, stamped"
+        " with event time), paced in real time: event time starts now and runs --speed times faster."
+        " Runs until stopped, or for --events events.",
+    )
+    fd.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
+    fd.add_argument(
+        "--speed", type=float, default=1.0, help="event time runs this many times faster (default 1)"
+    )
+    fd.add_argument("--customers", type=int, default=1000)
+    fd.add_argument("--seed", type=int, default=1)
+    fd.add_argument("--events", type=int, help="stop after this many events")
+    fd.set_defaults(run=_feed)
+
     wk = commands.add_parser(
         "worker",
         help="run the streaming worker (Kafka in, Redis state, triggers out)",
@@ -113,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
         " MM_* environment variables; see `micromoments settings` and the README.",
     )
     wk.set_defaults(run=_worker)
+
+    fg = commands.add_parser(
+        "forget",
+        help="erase everything held about a customer (the right to be forgotten)",
+        description="Publish a forget request to the privacy topic: the worker that owns the customer"
+        " erases their state, in order with their events, and confirms on the confirmations topic."
+        " --direct erases it from Redis at once instead (for when no worker runs).",
+    )
+    fg.add_argument("customer_id")
+    fg.add_argument("--request-id", help="your reference, echoed in the confirmation")
+    fg.add_argument("--direct", action="store_true", help="erase from Redis now, without the worker")
+    fg.set_defaults(run=_forget)
 
     st = commands.add_parser("settings", help="print the worker's effective settings (secrets masked)")
     st.set_defaults(run=_settings)
@@ -149,10 +181,43 @@ def _dev(args: argparse.Namespace) -> int:
     return stack.run(args.duration)
 
 
+def _feed(args: argparse.Namespace) -> int:
+    from app.worker.live import feed_live  # aiokafka only when sending
+
+    if args.rate <= 0 or args.speed <= 0:
+        print("micromoments feed: --rate and --speed must be positive", file=sys.stderr)
+        return 2
+    sent = asyncio.run(
+        feed_live(
+            load_settings(),
+            rate=args.rate,
+            speed=args.speed,
+            customers=args.customers,
+            seed=args.seed,
+            count=args.events,
+        )
+    )
+    print(f"sent {sent} events", file=sys.stderr)
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from app.worker.runtime import run_worker  # Faust is slow to import; only the worker needs it
 
     return run_worker(load_settings())
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from app.privacy import erase_now, request_forget
+
+    settings = load_settings()
+    if args.direct:
+        found = asyncio.run(erase_now(settings, args.customer_id))
+        print("erased" if found else "nothing was held about that customer")
+    else:
+        event_id = asyncio.run(request_forget(settings, args.customer_id, request_id=args.request_id))
+        print(f"forget request {event_id} sent to {settings.topic_privacy}")
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> int:
@@ -168,39 +233,40 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     catalogue = load_catalogue(args.config)
     shown = 0
-    errors_file = open(args.errors, "wb") if args.errors else None  # noqa: SIM115
+    with ExitStack() as files:
+        errors_file = files.enter_context(open(args.errors, "wb")) if args.errors else None
+        held_out = files.enter_context(open(args.holdout, "wb")) if args.holdout else None
+        out = files.enter_context(open(args.out, "wb")) if args.out else sys.stdout.buffer
 
-    def on_problem(problem: Problem) -> None:
-        nonlocal shown
-        if errors_file is not None:
-            errors_file.write(problem_record(problem))
-        elif shown < MAX_ERRORS_SHOWN:
-            shown += 1
-            print(problem, file=sys.stderr)
-            if shown == MAX_ERRORS_SHOWN:
-                print("... further bad lines are only counted; use --errors FILE for all", file=sys.stderr)
+        def on_problem(problem: Problem) -> None:
+            nonlocal shown
+            if errors_file is not None:
+                errors_file.write(problem_record(problem))
+            elif shown < MAX_ERRORS_SHOWN:
+                shown += 1
+                print(problem, file=sys.stderr)
+                if shown == MAX_ERRORS_SHOWN:
+                    print(
+                        "... further bad lines are only counted; use --errors FILE for all", file=sys.stderr
+                    )
 
-    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
-    try:
-        summary = asyncio.run(
-            replay(
-                args.files,
-                catalogue,
-                out=out,
-                on_problem=on_problem,
-                strict=args.strict,
-                show_progress=args.progress,
+        try:
+            summary = asyncio.run(
+                replay(
+                    args.files,
+                    catalogue,
+                    out=out,
+                    on_problem=on_problem,
+                    strict=args.strict,
+                    show_progress=args.progress,
+                    held_out=held_out,
+                )
             )
-        )
-    except ReplayError as exc:
-        print(f"micromoments replay: {exc} (--strict)", file=sys.stderr)
-        return 1
-    finally:
-        out.flush()
-        if args.out:
-            out.close()
-        if errors_file is not None:
-            errors_file.close()
+        except ReplayError as exc:
+            print(f"micromoments replay: {exc} (--strict)", file=sys.stderr)
+            return 1
+        finally:
+            out.flush()
     if not args.quiet:
         print(summary.render(), file=sys.stderr)
     return 0

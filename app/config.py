@@ -17,6 +17,7 @@ import msgspec
 
 from app.durations import Duration, decode_hook
 from app.moments import MOMENT_TYPES
+from app.policy import Policy, PolicyConfig
 from app.moments.cart_abandonment import CartAbandonmentConfig
 from app.moments.frustration import FrustrationConfig
 from app.moments.local_intent import LocalIntentConfig
@@ -60,6 +61,7 @@ class Catalogue(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     journey: JourneyConfig
     moments: MomentsConfig
     trigger: TriggerConfig
+    policy: PolicyConfig
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,13 @@ def load_catalogue(path: str | Path | None = None, overrides: dict[str, Any] | N
         catalogue = msgspec.convert(merged, Catalogue, dec_hook=decode_hook)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid moment configuration{where}: {exc}") from exc
+    try:
+        Policy(catalogue.policy)
+    except ValueError as exc:
+        raise ConfigError(f"invalid moment configuration{where}: {exc}") from exc
+    unknown = set(catalogue.policy.holdout.share) - {m.name for m in MOMENT_TYPES}
+    if unknown:
+        raise ConfigError(f"invalid moment configuration{where}: policy.holdout.share names no moment {sorted(unknown)}")
     for moment in MOMENT_TYPES:
         try:  # each moment checks its own configuration (its weights name exactly its signals)
             moment(getattr(catalogue.moments, moment.name))

@@ -18,44 +18,28 @@ the streaming worker and the tests run exactly this code.
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
 from app.config import Catalogue
-from app.events import ClickstreamEvent, Event, Kind, PurchaseEvent
+from app.detection import Decider, Detection
+from app.events import (
+    ClickstreamEvent,
+    ConsentEvent,
+    Event,
+    ForgetRequest,
+    Kind,
+    PurchaseEvent,
+    SuppressionEvent,
+)
 from app.journey import journey_stage
 from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment
 from app.moments.cart_abandonment import CartAbandonment
+from app.policy import DAY, Policy
 from app.signals import Vocabulary
-from app.window import CustomerState, Entry, Order, clear, contains_event, insert, prune
-
-
-class Decider(StrEnum):
-    RULES = "rules"
-
-
-class Detection(msgspec.Struct, kw_only=True, gc=False):
-    """A candidate that cleared its threshold and cooldown: everything a trigger says."""
-
-    moment: str
-    customer_id: str
-    ts: int
-    anchor: str
-    score: float
-    threshold: float
-    decided_by: str
-    reasons: list[str]
-    evidence: list[str]
-    explanation: str
-    journey_stage: str
-    window: dict[str, int]
-    expires_at: int
-    attributes: dict[str, Any]
-    session_id: str | None
-    channel: str | None
+from app.window import Consent, CustomerState, Entry, Order, clear, contains_event, insert, prune
 
 
 class Observation(msgspec.Struct, gc=False):
@@ -82,6 +66,7 @@ class Detector:
             for kind in range(len(Kind.NAMES))
         }
         self._tracks_cart = self.cart.name in self.moments
+        self.policy = Policy(catalogue.policy)
         self.vocabulary = Vocabulary(
             price_words=cfg.price_comparison.keywords,
             review_words=cfg.review_seeking.keywords,
@@ -113,6 +98,11 @@ class Detector:
         An event id already in the window changes nothing, so reprocessing after
         a crash and producer retries are harmless.
         """
+        if isinstance(event, ConsentEvent | SuppressionEvent):
+            _record_fact(state, event, ts)
+            return QUIET
+        if isinstance(event, ForgetRequest):
+            return QUIET  # erasing is the stream processor's job: it drops the whole state
         if state.last_ts and ts - state.last_ts > self.retention and ts > self.expires_at(state):
             # Nothing held is of use any more. Stores drop such states in their own time
             # (Redis by wall clock, memory by the stream clock); forgetting it here too
@@ -139,8 +129,11 @@ class Detector:
         prune(state, *self._caps)
         return observation
 
-    def expire(self, state: CustomerState) -> Observation:
-        """Fire the customer's absence deadline; the caller knows it has passed."""
+    def expire(self, state: CustomerState, now: int) -> Observation:
+        """Fire the customer's absence deadline if event time ``now`` has passed it."""
+        cart = state.cart
+        if cart is None or cart.deadline is None or cart.deadline > now:
+            return QUIET
         observation = Observation()
         candidate = self.cart.fire(state)
         if candidate is not None:
@@ -165,6 +158,9 @@ class Detector:
             ends.append(state.orders[-1].ts + self.catalogue.window.order_retention + lateness)
         if state.cart is not None and state.cart.deadline is not None:
             ends.append(state.cart.deadline + self.cart.config.cooldown + lateness)
+        if state.sent:
+            ends.append(max(state.sent) + DAY)  # the frequency cap looks back a day
+        ends.extend(deferred.release_at for deferred in state.deferred)
         return max(ends)
 
     def _decide(self, state: CustomerState, candidate: Candidate, observation: Observation) -> None:
@@ -258,3 +254,16 @@ class Detector:
         while insert_at and state.orders[insert_at - 1].ts > ts:
             insert_at -= 1
         state.orders.insert(insert_at, Order(ts, event.event_id, event.order_id, products))
+
+
+def _record_fact(state: CustomerState, event: ConsentEvent | SuppressionEvent, ts: int) -> None:
+    """Consent and do-not-contact: the latest in event time wins."""
+    if isinstance(event, ConsentEvent):
+        known = state.consent.get(event.purpose)
+        if known is None or ts >= known.ts:
+            state.consent[event.purpose] = Consent(event.status == "granted", ts)
+    elif event.action == "add":
+        if state.suppressed_since is None:
+            state.suppressed_since = ts
+    else:
+        state.suppressed_since = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Final, cast
+from typing import Annotated, Any, ClassVar, Final, Literal, cast
 
 import msgspec
 
@@ -115,7 +115,12 @@ CLICKSTREAM_TYPES: Final = frozenset(
 )
 SEARCH_TYPES: Final = frozenset({"search"})
 PURCHASE_TYPES: Final = frozenset({"purchase", "refund"})
-EVENT_TYPES: Final = CLICKSTREAM_TYPES | SEARCH_TYPES | PURCHASE_TYPES
+# What a customer allows, and requests about their data: facts about the customer,
+# not behaviour, on their own topics.
+CONSENT_TYPES: Final = frozenset({"consent", "suppression"})
+PRIVACY_TYPES: Final = frozenset({"forget"})
+BEHAVIOUR_TYPES: Final = CLICKSTREAM_TYPES | SEARCH_TYPES | PURCHASE_TYPES
+EVENT_TYPES: Final = BEHAVIOUR_TYPES | CONSENT_TYPES | PRIVACY_TYPES
 
 
 class Kind:
@@ -139,6 +144,9 @@ class Kind:
     SEARCH: Final = 11
     PURCHASE: Final = 12
     REFUND: Final = 13
+    CONSENT: Final = 14
+    SUPPRESSION: Final = 15
+    FORGET: Final = 16
     # The event_type of each code, in code order.
     NAMES: Final = (
         "page_view",
@@ -155,6 +163,9 @@ class Kind:
         "search",
         "purchase",
         "refund",
+        "consent",
+        "suppression",
+        "forget",
     )
 
     @staticmethod
@@ -246,17 +257,40 @@ class PurchaseEvent(_Event, frozen=True, kw_only=True, gc=False):
                 )
 
 
-Event = ClickstreamEvent | SearchEvent | PurchaseEvent
+class ConsentEvent(_Event, frozen=True, kw_only=True, gc=False):
+    """``consent``: the customer granted or revoked consent for a purpose."""
+
+    status: Literal["granted", "revoked"]
+    purpose: Token
+
+
+class SuppressionEvent(_Event, frozen=True, kw_only=True, gc=False):
+    """``suppression``: the customer was put on (or taken off) the do-not-contact list."""
+
+    action: Literal["add", "remove"]
+    reason: Token | None = None
+
+
+class ForgetRequest(_Event, frozen=True, kw_only=True, gc=False):
+    """``forget``: erase everything held about the customer (the right to be forgotten)."""
+
+    request_id: Id | None = None
+
+
+Event = ClickstreamEvent | SearchEvent | PurchaseEvent | ConsentEvent | SuppressionEvent | ForgetRequest
+
+_BASES: Final[dict[str, type[Event]]] = {
+    **dict.fromkeys(CLICKSTREAM_TYPES, ClickstreamEvent),
+    **dict.fromkeys(SEARCH_TYPES, SearchEvent),
+    **dict.fromkeys(PURCHASE_TYPES, PurchaseEvent),
+    "consent": ConsentEvent,
+    "suppression": SuppressionEvent,
+    "forget": ForgetRequest,
+}
 
 
 def _struct(event_type: str) -> type[Event]:
-    base: type[Event] = (
-        SearchEvent
-        if event_type in SEARCH_TYPES
-        else PurchaseEvent
-        if event_type in PURCHASE_TYPES
-        else ClickstreamEvent
-    )
+    base = _BASES[event_type]
     name = "".join(word.title() for word in event_type.split("_"))
     kind = {"kind": Kind.of(event_type)}
     struct = msgspec.defstruct(name, [], bases=(base,), tag=event_type, namespace=kind)

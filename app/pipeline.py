@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import msgspec
 
 from app.clock import EventClock
-from app.detector import Detection, Detector
-from app.events import Event
+from app.detection import Detection
+from app.detector import Detector
+from app.events import Event, ForgetRequest
 from app.processor import Outcome, StreamProcessor
 from app.state.store import StateStore, StateWrite, StreamSave
 from app.window import CustomerState
@@ -31,7 +32,16 @@ class Batch(msgspec.Struct, gc=False):
 
     @property
     def detections(self) -> list[Detection]:
+        """Triggers to publish, stream by stream, each stream's in order."""
         return [d for outcome in self.outcomes.values() for d in outcome.detections]
+
+    @property
+    def held_out(self) -> list[Detection]:
+        return [d for outcome in self.outcomes.values() for d in outcome.held_out]
+
+    @property
+    def forgotten(self) -> list[ForgetRequest]:
+        return [r for outcome in self.outcomes.values() for r in outcome.forgotten]
 
 
 class Pipeline:
@@ -84,6 +94,8 @@ class Pipeline:
         saves = []
         written: set[str] = set()
         for stream, outcome in batch.outcomes.items():
+            # Erased first; a customer who came back later in the batch is then new.
+            erased = {request.customer_id for request in outcome.forgotten}
             # A customer normally lives on one stream; should two streams of one batch
             # touch the same state object, it is written once, with everything applied.
             customers = sorted(outcome.touched - written)
@@ -91,14 +103,20 @@ class Pipeline:
             writes = [
                 StateWrite(
                     batch.states[customer],
-                    batch.versions.get(customer, 0),
-                    self.detector.expires_at(batch.states[customer]),
+                    0 if customer in erased else batch.versions.get(customer, 0),
+                    self.expires_at(batch.states[customer]),
                 )
                 for customer in customers
             ]
             clock = self._processors[stream].event_clock
-            saves.append(StreamSave(stream, writes, clock.time, outcome.deadlines, clock.recent))
+            saves.append(
+                StreamSave(stream, writes, clock.time, outcome.deadlines, clock.recent, sorted(erased))
+            )
         await self.store.save(saves)
+
+    def expires_at(self, state: CustomerState) -> int:
+        """When the stored state may go: its behaviour's use, or its consent facts' retention."""
+        return max(self.detector.expires_at(state), self.detector.policy.retention_end(state) or 0)
 
     async def _load(self, customers: set[str]) -> tuple[dict[str, CustomerState], dict[str, int]]:
         loaded = await self.store.load(customers)

@@ -23,8 +23,10 @@ from enum import StrEnum
 import msgspec
 
 from app.clock import EventClock
-from app.detector import QUIET, Detection, Detector, Observation
-from app.events import Event
+from app.detection import Detection
+from app.detector import QUIET, Detector, Observation
+from app.events import Event, ForgetRequest
+from app.policy import Judgement, Verdict
 from app.window import CustomerState
 
 END_OF_TIME = 2**62
@@ -36,6 +38,8 @@ class Status(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     LATE = "late"
+    # A ``forget`` request: everything held about the customer goes.
+    FORGOTTEN = "forgotten"
     # Rejected: further ahead of the stream clock than ``max_future_skew``.
     TOO_FAR_AHEAD = "timestamp_out_of_range"
 
@@ -44,11 +48,21 @@ class Outcome(msgspec.Struct, gc=False):
     """What a batch did; ``statuses`` is aligned with the batch's events."""
 
     statuses: list[Status] = msgspec.field(default_factory=list)
+    # Triggers to publish, in order.
     detections: list[Detection] = msgspec.field(default_factory=list)
+    # Detections for customers in a holdout group: recorded, not published.
+    held_out: list[Detection] = msgspec.field(default_factory=list)
+    # (moment, reason) -> candidates that did not become triggers: the detector's reasons
+    # (below_threshold, cooldown) and the policy's (no_consent, frequency_cap, ...).
     suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
+    # Triggers held back by quiet hours in this batch (released later, counted then too).
+    deferred: int = 0
     # Customers whose state changed and must be saved.
     touched: set[str] = msgspec.field(default_factory=set)
-    # Customer -> their new absence deadline, or None once it is gone.
+    # Customers erased, with the requests that asked: delete their state, then confirm.
+    forgotten: list[ForgetRequest] = msgspec.field(default_factory=list)
+    # Customer -> the next event time they need waking at (a cart deadline, the end of
+    # quiet hours), or None once there is none.
     deadlines: dict[str, int | None] = msgspec.field(default_factory=dict)
 
 
@@ -61,6 +75,7 @@ class StreamProcessor:
         deadlines: Mapping[str, int] | None = None,
     ) -> None:
         self.detector = detector
+        self.policy = detector.policy
         self.event_clock = clock or EventClock()
         window = detector.catalogue.window
         self._lateness = window.allowed_lateness
@@ -112,6 +127,11 @@ class StreamProcessor:
         clock = self.event_clock
         lateness, skew, heap = self._lateness, self._skew, self._heap
         for event in events:
+            if isinstance(event, ForgetRequest):
+                # Whenever it happened: a request about data, not behaviour in event time.
+                self._forget(event, states, outcome)
+                statuses.append(Status.FORGOTTEN)
+                continue
             ts = event.ts
             now = clock.time
             if now is not None and ts < now - lateness:
@@ -155,6 +175,15 @@ class StreamProcessor:
         self._fire_due(END_OF_TIME, states, outcome)
         return outcome
 
+    def _forget(self, request: ForgetRequest, states: dict[str, CustomerState], outcome: Outcome) -> None:
+        customer = request.customer_id
+        # A blank state, so events of the customer later in the batch start afresh.
+        states[customer] = CustomerState(customer_id=customer)
+        outcome.touched.discard(customer)
+        outcome.forgotten.append(request)
+        if self._deadlines.pop(customer, None) is not None or customer in outcome.deadlines:
+            outcome.deadlines[customer] = None
+
     def _fire_due(self, watermark: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
         heap = self._heap
         while heap and heap[0][0] <= watermark:
@@ -169,27 +198,44 @@ class StreamProcessor:
             del self._deadlines[customer]
             outcome.deadlines[customer] = None
             return
-        self._collect(state, self.detector.expire(state), outcome)
+        observation = self.detector.expire(state, deadline)
+        for detection, judgement in self.policy.release(state, deadline):
+            self._route(detection, judgement, outcome)
+        self._collect(state, observation, outcome)
+
+    def _route(self, detection: Detection, judgement: Judgement, outcome: Outcome) -> None:
+        verdict = judgement.verdict
+        if verdict is Verdict.PUBLISH:
+            outcome.detections.append(detection)
+        elif verdict is Verdict.HOLD_OUT:
+            outcome.held_out.append(detection)
+        elif verdict is Verdict.DEFER:
+            outcome.deferred += 1
+        else:
+            outcome.suppressed[(detection.moment, judgement.reason or verdict.value)] += 1
 
     def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:
         customer = state.customer_id
         outcome.touched.add(customer)
-        if observation.detections:
-            outcome.detections.extend(observation.detections)
+        for detection in observation.detections:
+            self._route(detection, self.policy.judge(detection, state), outcome)
         if observation.suppressed:
             outcome.suppressed.update(observation.suppressed)
         cart = state.cart
-        deadline = cart.deadline if cart is not None else None
-        if deadline == self._deadlines.get(customer):
+        wake = cart.deadline if cart is not None else None
+        if state.deferred:
+            release = self.policy.next_release(state)
+            wake = release if wake is None or (release is not None and release < wake) else wake
+        if wake == self._deadlines.get(customer):
             return
-        if deadline is None:
+        if wake is None:
             del self._deadlines[customer]
         else:
-            self._deadlines[customer] = deadline
-            heapq.heappush(self._heap, (deadline, customer))
+            self._deadlines[customer] = wake
+            heapq.heappush(self._heap, (wake, customer))
             if len(self._heap) > 2 * len(self._deadlines) + 1024:
                 # Moved deadlines leave stale heap entries behind; shed them, in place:
                 # callers iterate the same list.
                 self._heap[:] = [(d, c) for c, d in self._deadlines.items()]
                 heapq.heapify(self._heap)
-        outcome.deadlines[customer] = deadline
+        outcome.deadlines[customer] = wake

@@ -27,7 +27,7 @@ from app.pipeline import Batch, Pipeline
 from app.processor import Status
 from app.state.memory import MemoryStateStore
 from app.state.store import StateStore
-from app.triggers import encode, to_cloudevent
+from app.triggers import TriggerWriter
 
 BATCH_SIZE = 2000
 REPLAY_STREAM = "replay"
@@ -59,9 +59,14 @@ class Summary(msgspec.Struct):
     applied: int = 0
     duplicates: int = 0
     late: int = 0
+    forgotten: int = 0
     rejected: Counter[str] = msgspec.field(default_factory=Counter)
+    # moment -> triggers published, and detections held out (the holdout groups)
     triggers: Counter[str] = msgspec.field(default_factory=Counter)
-    suppressed: Counter[str] = msgspec.field(default_factory=Counter)
+    held_out: Counter[str] = msgspec.field(default_factory=Counter)
+    # (moment, reason) -> candidates that did not become triggers
+    suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
+    deferred: int = 0
     seconds: float = 0.0
 
     def render(self) -> str:
@@ -78,8 +83,17 @@ class Summary(msgspec.Struct):
             f"  triggers {sum(self.triggers.values()):,}"
             + (": " + _counts(self.triggers) if self.triggers else "")
         )
+        if self.held_out:
+            lines.append(f"  held out {sum(self.held_out.values()):,}: " + _counts(self.held_out))
+        if self.deferred:
+            lines.append(f"  deferred by quiet hours {self.deferred:,} (released or dropped later)")
         if self.suppressed:
-            lines.append("  not triggered: " + _counts(self.suppressed))
+            by_reason: Counter[str] = Counter()
+            for (_, reason), n in self.suppressed.items():
+                by_reason[reason] += n
+            lines.append("  not triggered: " + _counts(by_reason))
+        if self.forgotten:
+            lines.append(f"  customers forgotten {self.forgotten:,}")
         return "\n".join(lines)
 
 
@@ -111,12 +125,16 @@ async def replay(
     show_progress: bool | None = None,
     batch_size: int = BATCH_SIZE,
     store: StateStore | None = None,
+    held_out: IO[bytes] | None = None,
 ) -> Summary:
-    """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``."""
+    """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``.
+
+    Detections of customers in holdout groups go to ``held_out`` when given.
+    """
     started = time.perf_counter()
     detector = Detector(catalogue)
     pipeline = Pipeline(detector, store or MemoryStateStore())
-    source = catalogue.trigger.source
+    writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
     summary = Summary(files=len(paths))
 
     # A batch's problems, by position in the input: decoding finds some as lines are
@@ -141,6 +159,8 @@ async def replay(
                 summary.duplicates += 1
             elif status is Status.LATE:
                 summary.late += 1
+            elif status is Status.FORGOTTEN:
+                pass  # counted with the outcome
             else:
                 detail = f"occurred_at {event.occurred_at.isoformat()} is too far ahead of the stream's clock"
                 found.append((position, Problem(file, line, status.value, detail)))
@@ -150,10 +170,15 @@ async def replay(
     async def finish(batch: Batch) -> None:
         outcome = batch.outcomes[REPLAY_STREAM]
         for detection in outcome.detections:
-            out.write(encode(to_cloudevent(detection, source=source)) + b"\n")
+            out.write(writer.record(detection)[1] + b"\n")
             summary.triggers[detection.moment] += 1
-        for (_, reason), n in outcome.suppressed.items():
-            summary.suppressed[reason] += n
+        for detection in outcome.held_out:
+            if held_out is not None:
+                held_out.write(writer.record(detection)[1] + b"\n")
+            summary.held_out[detection.moment] += 1
+        summary.suppressed.update(outcome.suppressed)
+        summary.deferred += outcome.deferred
+        summary.forgotten += len(outcome.forgotten)
         await pipeline.commit(batch)
 
     total = sum(path.stat().st_size for path in paths)

@@ -50,7 +50,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topic_clickstream: str = "clickstream.events"
     topic_search: str = "search.events"
     topic_purchase: str = "purchase.events"
+    # Consent and do-not-contact (suppression) events, and requests to forget customers.
+    topic_consent: str = "consent.events"
+    topic_privacy: str = "privacy.requests"
     topic_triggers: str = "micromoment.triggers"
+    # Detections for customers in a holdout group: not for contacting, for measuring lift.
+    topic_holdout: str = "micromoment.holdout"
+    # One event per customer erased, once their data is gone.
+    topic_confirmations: str = "privacy.confirmations"
     topic_dlq: str = "micromoment.dlq"
     # Internal: events that arrived keyed by something other than their customer id
     # are re-keyed through this topic, so one worker sees all of a customer's events.
@@ -85,8 +92,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
-    def input_topics(self) -> tuple[str, str, str]:
-        return (self.topic_clickstream, self.topic_search, self.topic_purchase)
+    def input_topics(self) -> tuple[str, ...]:
+        """Every topic of customer events, partitioned by customer id.
+
+        In this order: at equal timestamps the worker takes the earlier topic's record
+        first, so what a customer allows applies to what they do at the same instant.
+        """
+        return (
+            self.topic_consent,
+            self.topic_privacy,
+            self.topic_clickstream,
+            self.topic_search,
+            self.topic_purchase,
+        )
 
 
 class SettingsError(ValueError):

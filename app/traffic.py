@@ -8,8 +8,8 @@ customers in event-time order, like a real stream. Used for the demo fixture,
 the benchmarks and ``micromoments dev``.
 
 >>> events = list(TrafficGenerator(seed=7, customers=50).events(count=20))
->>> len(events), events[0]["event_type"] in {"page_view", "search", "product_view"}
-(20, True)
+>>> len(events), events[0]["event_type"]
+(20, 'consent')
 >>> events == list(TrafficGenerator(seed=7, customers=50).events(count=20))
 True
 """
@@ -56,6 +56,9 @@ PERSONAS: Final = (
     ("frustrated", 0.06),
 )
 MEAN_EVENTS_PER_SESSION: Final = 5.3  # measured over the personas below
+# Share of new customers granting marketing consent, and of later visits revoking it.
+CONSENT_GRANTED: Final = 0.85
+CONSENT_REVOKED: Final = 0.01
 
 
 class TrafficGenerator:
@@ -78,6 +81,7 @@ class TrafficGenerator:
         # What each customer bought lately, for their after-purchase sessions.
         self._buyers: dict[str, list[str]] = {}
         self._buyer_ids: list[str] = []
+        self._seen: set[str] = set()
         self._sessions = 0
 
     def events(self, *, count: int | None = None, until_ms: int | None = None) -> Iterator[Fields]:
@@ -138,7 +142,17 @@ class TrafficGenerator:
             "timezone": _zone(customer),
         }
         script: Callable[[random.Random, Fields], Script] = getattr(self, f"_{persona}")
-        return _stamped(script(rng, common), common)
+        return _stamped(self._with_consent(rng, customer, script(rng, common)), common)
+
+    def _with_consent(self, rng: random.Random, customer: str, script: Script) -> Script:
+        """Consent as a site's banner collects it: most grant it on their first visit, a few revoke it."""
+        if customer not in self._seen:
+            self._seen.add(customer)
+            if rng.random() < CONSENT_GRANTED:
+                yield 0, {"event_type": "consent", "status": "granted", "purpose": "marketing"}
+        elif rng.random() < CONSENT_REVOKED:
+            yield 0, {"event_type": "consent", "status": "revoked", "purpose": "marketing"}
+        yield from script
 
     # --- persona scripts: each yields (delay ms, fields) -------------------------------
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
 
-from app.detector import Detection
+from app.detection import Detection
 
 SPEC_VERSION: Final = "1.0"
 DATA_CONTENT_TYPE: Final = "application/json"
@@ -77,3 +78,15 @@ def to_cloudevent(detection: Detection, *, source: str, subject: str | None = No
 
 def encode(cloudevent: dict[str, Any]) -> bytes:
     return orjson.dumps(cloudevent)
+
+
+class TriggerWriter:
+    """Detections as Kafka records: key and CloudEvent, naming the customer as the policy says."""
+
+    def __init__(self, source: str, subject: Callable[[str], str]) -> None:
+        self.source = source
+        self.subject = subject
+
+    def record(self, detection: Detection) -> tuple[bytes, bytes]:
+        subject = self.subject(detection.customer_id)
+        return subject.encode(), encode(to_cloudevent(detection, source=self.source, subject=subject))

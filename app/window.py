@@ -11,7 +11,11 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from operator import attrgetter
 
+from typing import Final
+
 import msgspec
+
+from app.detection import Detection
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False):
@@ -49,6 +53,19 @@ class Cart(msgspec.Struct, array_like=True, gc=False):
     checkout_started: bool = False
 
 
+class Consent(msgspec.Struct, array_like=True, gc=False):
+    granted: bool
+    # Event time of the consent event this comes from: a later one wins.
+    ts: int
+
+
+class Deferred(msgspec.Struct, array_like=True, gc=False):
+    """A trigger held back by quiet hours: published, unchanged, at ``release_at``."""
+
+    release_at: int
+    detection: Detection
+
+
 class CustomerState(msgspec.Struct, gc=False):
     customer_id: str
     entries: list[Entry] = msgspec.field(default_factory=list)
@@ -63,13 +80,25 @@ class CustomerState(msgspec.Struct, gc=False):
     channel: str | None = None
     device: str | None = None
     timezone: str | None = None
+    # Facts about the customer rather than behaviour: kept for as long as the policy says.
+    consent: dict[str, Consent] = msgspec.field(default_factory=dict)
+    # Event time the customer was put on the do-not-contact list, if they are on it.
+    suppressed_since: int | None = None
+    # Event times of the triggers published (or deferred) within the frequency-cap period.
+    sent: list[int] = msgspec.field(default_factory=list)
+    deferred: list[Deferred] = msgspec.field(default_factory=list)
+
+
+# Facts about the customer that outlive their behaviour's usefulness.
+DURABLE_FIELDS: Final = ("customer_id", "consent", "suppressed_since")
 
 
 def clear(state: CustomerState) -> None:
-    """Forget everything but who the customer is."""
+    """Forget the customer's behaviour; keep who they are and what they allow."""
     fresh = CustomerState(customer_id=state.customer_id)
     for field in CustomerState.__struct_fields__:
-        setattr(state, field, getattr(fresh, field))
+        if field not in DURABLE_FIELDS:
+            setattr(state, field, getattr(fresh, field))
 
 
 def between(entries: Sequence[Entry], start: int, end: int) -> Sequence[Entry]:

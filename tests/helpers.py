@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,7 +15,8 @@ import orjson
 from app.clock import QUORUM
 from app.config import Catalogue, load_catalogue
 from app.decoding import MAX_EVENT_BYTES, Reason, Rejection, decode_event
-from app.detector import Detection, Detector
+from app.detection import Detection
+from app.detector import Detector
 from app.durations import Duration
 from app.events import Event
 from app.pipeline import Pipeline
@@ -25,7 +27,10 @@ from app.window import CustomerState
 
 # Every test's stream starts here; offsets are relative to it.
 T0 = int(datetime(2026, 11, 25, 10, tzinfo=UTC).timestamp() * 1000)
-DEFAULTS = load_catalogue()
+# The shipped configuration with the engagement policy set aside (consent implied, no caps,
+# quiet hours or holdouts): most tests exercise detection; the policy's own tests opt in.
+DETECTION_ONLY = Path(__file__).resolve().parent.parent / "fixtures" / "scenarios" / "detection-only.toml"
+DEFAULTS = load_catalogue(DETECTION_ONLY)
 SOURCE = DEFAULTS.trigger.source
 
 _ids = itertools.count(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import DEFAULTS, at, decode, ev, raw, run, state_after
+from helpers import DEFAULTS, DETECTION_ONLY, at, decode, ev, raw, run, state_after
 
 from app.config import Catalogue, load_catalogue
 from app.detector import Detector
@@ -49,7 +49,7 @@ def test_an_out_of_order_event_cannot_fire_just_before_the_last_trigger() -> Non
 
 
 def test_a_raised_threshold_turns_a_candidate_into_below_threshold() -> None:
-    strict = load_catalogue(overrides={"moments": {"local_intent": {"threshold": 0.8}}})
+    strict = load_catalogue(DETECTION_ONLY, overrides={"moments": {"local_intent": {"threshold": 0.8}}})
     events = [ev("store_locator_view", f"{i}m") for i in range(3)]
     result = run(events, strict)
     # 0.7, then 0.75, then 0.8 with count_boost 0.05 per view beyond the first
@@ -59,7 +59,7 @@ def test_a_raised_threshold_turns_a_candidate_into_below_threshold() -> None:
 
 
 def test_a_disabled_moment_never_fires() -> None:
-    off = load_catalogue(overrides={"moments": {"local_intent": {"enabled": False}}})
+    off = load_catalogue(DETECTION_ONLY, overrides={"moments": {"local_intent": {"enabled": False}}})
     assert run([ev("store_locator_view")], off).detections == []
 
 
@@ -92,14 +92,14 @@ def test_a_redelivered_event_is_counted_as_a_duplicate() -> None:
 
 
 def test_max_events_keeps_the_newest() -> None:
-    capped = load_catalogue(overrides={"window": {"max_events": 5}})
+    capped = load_catalogue(DETECTION_ONLY, overrides={"window": {"max_events": 5}})
     events = [ev("page_view", f"{i}s") for i in range(8)]
     state = state_after(events, capped)
     assert [e.event_id for e in state.entries] == [e.event_id for e in events[3:]]
 
 
 def test_max_orders_keeps_the_newest() -> None:
-    capped = load_catalogue(overrides={"window": {"max_orders": 2}})
+    capped = load_catalogue(DETECTION_ONLY, overrides={"window": {"max_orders": 2}})
     events = [ev("purchase", f"{i}m", order_id=f"o{i}") for i in range(3)]
     assert [o.order_id for o in state_after(events, capped).orders] == ["o1", "o2"]
 
@@ -112,7 +112,7 @@ def test_entries_older_than_the_retention_are_pruned() -> None:
 
 
 def test_orders_older_than_their_retention_are_pruned() -> None:
-    short = load_catalogue(overrides={"window": {"order_retention": "20h"}})
+    short = load_catalogue(DETECTION_ONLY, overrides={"window": {"order_retention": "20h"}})
     events = [
         ev("purchase", "0s", order_id="o1"),
         ev("purchase", "1h", order_id="o2"),
@@ -148,7 +148,7 @@ def order(offset: str, order_id: str = "o1") -> Event:
     return ev("purchase", offset, order_id=order_id, items=[{"product_id": "p1"}])
 
 
-LONG_SKEW = load_catalogue(overrides={"window": {"max_future_skew": "30d"}})
+LONG_SKEW = load_catalogue(DETECTION_ONLY, overrides={"window": {"max_future_skew": "30d"}})
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from helpers import DEFAULTS, at, ev, run, views
+from helpers import DEFAULTS, DETECTION_ONLY, at, ev, run, views
 
 from app.config import load_catalogue
 from app.detector import Detector
 from app.events import Event
 
 # Post-purchase scenarios span days with no other traffic; let the clock jump.
-LONG_SKEW = load_catalogue(overrides={"window": {"max_future_skew": "30d"}})
+LONG_SKEW = load_catalogue(DETECTION_ONLY, overrides={"window": {"max_future_skew": "30d"}})
 
 
 # price_comparison
@@ -75,7 +75,8 @@ def test_a_price_search_after_browsing_combines_the_signals() -> None:
     search = ev("search", "3m", query="tv", sort="price_desc")
     # The third view fires; the search comes within the cooldown, so compare candidates directly.
     result = run(
-        [*seen, search], load_catalogue(overrides={"moments": {"price_comparison": {"cooldown": 0}}})
+        [*seen, search],
+        load_catalogue(DETECTION_ONLY, overrides={"moments": {"price_comparison": {"cooldown": 0}}}),
     )
 
     combined = result.detections[-1]
@@ -104,7 +105,7 @@ def test_review_seeking(event: Event, reason: str) -> None:
 
 def test_review_seeking_counts_views_and_names_the_reviewed_products() -> None:
     events = [ev("review_view", f"{i}m", product_id=p) for i, p in enumerate(["p1", "p2", "p1"])]
-    no_cooldown = load_catalogue(overrides={"moments": {"review_seeking": {"cooldown": 0}}})
+    no_cooldown = load_catalogue(DETECTION_ONLY, overrides={"moments": {"review_seeking": {"cooldown": 0}}})
     detection = run(events, no_cooldown).detections[-1]
     assert detection.attributes == {"products": ["p1", "p2"]}
     assert detection.score == 0.5 + 2 * 0.1  # count_boost per view beyond the first

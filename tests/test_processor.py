@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from helpers import DEFAULTS, at, ev, pipeline_triggers, random_stream, run, ticks, trigger_bytes, views
+from helpers import (
+    DEFAULTS,
+    DETECTION_ONLY,
+    at,
+    ev,
+    pipeline_triggers,
+    random_stream,
+    run,
+    ticks,
+    trigger_bytes,
+    views,
+)
 
 from app.clock import EventClock
 from app.config import load_catalogue
@@ -151,7 +162,7 @@ async def test_a_pending_deadline_outlives_a_short_cooldown() -> None:
     # A timeout longer than every window and a cooldown shorter than the lateness: the state
     # must still be in the store when the watermark passes the deadline.
     catalogue = load_catalogue(
-        overrides={"moments": {"cart_abandonment": {"timeout": "1h", "cooldown": "1m"}}}
+        DETECTION_ONLY, overrides={"moments": {"cart_abandonment": {"timeout": "1h", "cooldown": "1m"}}}
     )
     events = [ev("add_to_cart", "0s", product_id="p1")] + [
         ev("page_view", f"{m}m", customer="c2") for m in range(55, 66)

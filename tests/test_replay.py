@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import BAD_LINES, DEFAULTS, decode, random_objects, raw, run, trigger_bytes
+from helpers import BAD_LINES, DEFAULTS, DETECTION_ONLY, decode, random_objects, raw, run, trigger_bytes
 
 from app.cli import main
 from app.decoding import Reason
@@ -83,7 +83,19 @@ def test_cli_replay_writes_triggers_and_errors(
 ) -> None:
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
 
-    code = main(["replay", str(mixed), "--out", str(out), "--errors", str(errors), "--no-progress"])
+    code = main(
+        [
+            "replay",
+            str(mixed),
+            "--out",
+            str(out),
+            "--errors",
+            str(errors),
+            "--no-progress",
+            "--config",
+            str(DETECTION_ONLY),
+        ]
+    )
 
     assert code == 0
     assert len(out.read_bytes().splitlines()) == 2
@@ -125,10 +137,13 @@ def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_cli_config_changes_the_output(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "s.jsonl", [orjson.dumps(raw("store_locator_view"))])
     config = tmp_path / "strict.toml"
-    config.write_text("[moments.local_intent]\nthreshold = 0.9\n")
+    config.write_text(DETECTION_ONLY.read_text() + "\n[moments.local_intent]\nthreshold = 0.9\n")
     default_out, strict_out = tmp_path / "default.jsonl", tmp_path / "strict.jsonl"
 
-    assert main(["replay", str(path), "--quiet", "--out", str(default_out)]) == 0
+    assert (
+        main(["replay", str(path), "--quiet", "--out", str(default_out), "--config", str(DETECTION_ONLY)])
+        == 0
+    )
     assert main(["replay", str(path), "--quiet", "--out", str(strict_out), "--config", str(config)]) == 0
 
     assert b"micromoment.local_intent.v1" in default_out.read_bytes()

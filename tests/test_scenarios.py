@@ -9,6 +9,9 @@ r"""Scenario fixtures: small hand-written cases per micro-moment, checked two wa
   ``micromoments replay fixtures/scenarios/<file> --quiet``; ``<name>.errors.jsonl`` is
   what ``--errors`` writes for a file with bad lines.
 
+Detection scenarios run with ``fixtures/scenarios/detection-only.toml``, which sets
+the engagement policy aside; ``policy.*.jsonl`` run with the shipped defaults.
+
 The golden files pin every byte (scores, explanations, evidence, journey stages, ids);
 the manifest says what the bytes are meant to show, so a regenerated golden that no
 longer shows it still fails here.
@@ -17,7 +20,8 @@ After an intended behaviour change, regenerate the goldens from the repository r
 
     for f in fixtures/scenarios/*.jsonl; do
       n=$(basename "$f" .jsonl)
-      .venv/bin/micromoments replay "$f" --quiet \
+      case $n in policy.*) c= ;; *) c="--config fixtures/scenarios/detection-only.toml" ;; esac
+      .venv/bin/micromoments replay "$f" $c --quiet \
         --out "fixtures/golden/$n.triggers.jsonl" --errors "fixtures/golden/$n.errors.jsonl"
     done
     find fixtures/golden -name '*.errors.jsonl' -empty -delete
@@ -39,9 +43,10 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import DEFAULTS, run
+from helpers import run
 
 from app.cli import main
+from app.config import load_catalogue
 from app.decoding import Rejection, decode_event
 from app.moments import MOMENT_TYPES
 from app.replay import Problem, Summary, replay
@@ -55,11 +60,20 @@ MOMENTS = [moment.name for moment in MOMENT_TYPES]
 KEYS = {"description", "fires", "silent", "cart_deadline", "late", "duplicates", "rejected"}
 FIRES = re.compile(r"(?P<moment>[a-z_]+)(?::(?P<count>[1-9][0-9]*))?\Z")
 
+DETECTION_ONLY = SCENARIOS / "detection-only.toml"
 REGENERATE = (
-    'for f in fixtures/scenarios/*.jsonl; do n=$(basename "$f" .jsonl); .venv/bin/micromoments replay'
-    ' "$f" --quiet --out "fixtures/golden/$n.triggers.jsonl" --errors "fixtures/golden/$n.errors.jsonl";'
+    'for f in fixtures/scenarios/*.jsonl; do n=$(basename "$f" .jsonl); case $n in policy.*) c= ;;'
+    ' *) c="--config fixtures/scenarios/detection-only.toml" ;; esac; .venv/bin/micromoments replay'
+    ' "$f" $c --quiet --out "fixtures/golden/$n.triggers.jsonl" --errors "fixtures/golden/$n.errors.jsonl";'
     " done; find fixtures/golden -name '*.errors.jsonl' -empty -delete"
 )
+
+
+def config_of(name: str) -> Path | None:
+    """The configuration a scenario runs with: see the module docstring."""
+    return None if name.startswith("policy.") else DETECTION_ONLY
+
+
 HOW_TO_REGENERATE = (
     "If the behaviour change is intended, regenerate the goldens from the repository root:\n"
     f"    {REGENERATE}\n"
@@ -106,7 +120,13 @@ def replayed(name: str) -> Replayed:
     problems: list[Problem] = []
     out = io.BytesIO()
     summary = asyncio.run(
-        replay([SCENARIOS / name], DEFAULTS, out=out, on_problem=problems.append, show_progress=False)
+        replay(
+            [SCENARIOS / name],
+            load_catalogue(config_of(name)),
+            out=out,
+            on_problem=problems.append,
+            show_progress=False,
+        )
     )
     return Replayed(out.getvalue(), problems, summary)
 
@@ -174,6 +194,9 @@ def test_replay_output_equals_the_golden_file(
     monkeypatch.chdir(ROOT)
     out, errors = tmp_path / "triggers.jsonl", tmp_path / "errors.jsonl"
     argv = ["replay", f"fixtures/scenarios/{name}", "--quiet", "--out", str(out), "--errors", str(errors)]
+    config = config_of(name)
+    if config is not None:
+        argv += ["--config", str(config.relative_to(ROOT))]
 
     assert main(argv) == 0
 
@@ -218,8 +241,9 @@ def test_cart_deadlines_pass_the_way_the_manifest_says(name: str) -> None:
             events.append(decoded)
     expected = replayed(name).moments()["cart_abandonment"]
 
-    without_flush = run(events).moments().count("cart_abandonment")
-    with_flush = run(events, flush=True).moments().count("cart_abandonment")
+    catalogue = load_catalogue(config_of(name))
+    without_flush = run(events, catalogue).moments().count("cart_abandonment")
+    with_flush = run(events, catalogue, flush=True).moments().count("cart_abandonment")
 
     assert with_flush == expected
     if MANIFEST[name]["cart_deadline"] == "watermark":

@@ -18,6 +18,7 @@ from app.state.store import ConflictError, StateStore, StateWrite, StreamSave
 from app.window import Cart, CustomerState, Entry, Order
 
 DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
+DETECTION_ONLY = Path(__file__).parent.parent / "fixtures" / "scenarios" / "detection-only.toml"
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -214,7 +215,12 @@ async def test_triggers_do_not_depend_on_when_a_store_drops_idle_customers(tmp_p
     for store in (MemoryStateStore(), KeepsEverything()):
         out = _Sink()
         await replay(
-            [events], load_catalogue(), out=out, on_problem=pytest.fail, store=store, show_progress=False
+            [events],
+            load_catalogue(DETECTION_ONLY),
+            out=out,
+            on_problem=pytest.fail,
+            store=store,
+            show_progress=False,
         )
         outputs.append(out.data)
     second = orjson.loads(outputs[0].splitlines()[1])

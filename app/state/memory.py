@@ -35,11 +35,16 @@ class MemoryStateStore:
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
         writes = [write for save in saves for write in save.writes]
+        erased = {customer for save in saves for customer in save.erase}
         conflicts = [
-            w.state.customer_id for w in writes if self._version(w.state.customer_id) != w.expected_version
+            w.state.customer_id
+            for w in writes
+            if (0 if w.state.customer_id in erased else self._version(w.state.customer_id)) != w.expected_version
         ]
         if conflicts:
             raise ConflictError(conflicts)
+        for customer in erased:
+            self._blobs.pop(customer, None)
         for write in writes:
             customer = write.state.customer_id
             self._blobs[customer] = (encode_state(write.state), write.expected_version + 1, write.expires_at)

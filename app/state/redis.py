@@ -35,14 +35,18 @@ _VERSION = struct.Struct(">Q")
 MIN_TTL_MS: Final = 60_000
 
 _SAVE = """
--- KEYS: n state keys, then per stream: clock key, deadlines key, then the streams set
--- ARGV: n, stream count, then per state: expected version (8 bytes), value, ttl ms;
---       then per stream: name, clock ('' = none), deadline count, then pairs (customer, deadline or '')
-local n = tonumber(ARGV[1])
+-- KEYS: n state keys, m state keys to erase, then per stream: clock key, deadlines key,
+--       then the streams set
+-- ARGV: n, stream count, m, then per state: expected version (8 bytes), value, ttl ms;
+--       then per stream: name, clock, deadline count, then pairs (customer, deadline or '')
+local n, streams, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local erasing = {}
+for j = 1, m do erasing[KEYS[n + j]] = true end
 local conflicts = {}
 for i = 1, n do
-  local current = redis.call('GET', KEYS[i])
-  local expected = ARGV[2 + (i - 1) * 3 + 1]
+  local current = false
+  if not erasing[KEYS[i]] then current = redis.call('GET', KEYS[i]) end
+  local expected = ARGV[3 + (i - 1) * 3 + 1]
   if current then
     if string.sub(current, 1, 8) ~= expected then conflicts[#conflicts + 1] = i end
   elseif expected ~= '\\0\\0\\0\\0\\0\\0\\0\\0' then
@@ -50,15 +54,15 @@ for i = 1, n do
   end
 end
 if #conflicts > 0 then return conflicts end
+for j = 1, m do redis.call('DEL', KEYS[n + j]) end
 for i = 1, n do
-  local base = 2 + (i - 1) * 3
+  local base = 3 + (i - 1) * 3
   redis.call('SET', KEYS[i], ARGV[base + 2], 'PX', ARGV[base + 3])
 end
-local streams = tonumber(ARGV[2])
-local arg = 3 + n * 3
-local streams_key = KEYS[n + streams * 2 + 1]
+local arg = 4 + n * 3
+local streams_key = KEYS[n + m + streams * 2 + 1]
 for s = 0, streams - 1 do
-  local clock_key, deadlines_key = KEYS[n + s * 2 + 1], KEYS[n + s * 2 + 2]
+  local clock_key, deadlines_key = KEYS[n + m + s * 2 + 1], KEYS[n + m + s * 2 + 2]
   redis.call('SADD', streams_key, ARGV[arg])
   if ARGV[arg + 1] ~= '' then redis.call('SET', clock_key, ARGV[arg + 1]) end
   local count = tonumber(ARGV[arg + 2])
@@ -118,7 +122,7 @@ class RedisStateStore:
     async def save(self, saves: Sequence[StreamSave]) -> None:
         """Save several streams' batches in one atomic round trip."""
         keys: list[str] = []
-        args: list[Any] = [0, len(saves)]
+        args: list[Any] = [0, len(saves), 0]
         customers: list[str] = []
         for save in saves:
             now = save.clock
@@ -133,6 +137,9 @@ class RedisStateStore:
                     ttl,
                 ]
         args[0] = len(customers)
+        erase = [self.state_key(customer) for save in saves for customer in save.erase]
+        args[2] = len(erase)
+        keys += erase
         for save in saves:
             keys += [self.clock_key(save.stream), self.deadlines_key(save.stream)]
             clock = " ".join(str(t) for t in ["-" if save.clock is None else save.clock, *save.recent])

@@ -42,6 +42,8 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     deadlines: Mapping[str, int | None]
     # Timestamps the clock has seen but not yet confirmed (see app.clock).
     recent: Sequence[int] = ()
+    # Customers to erase (deleted before the writes, which then expect version 0).
+    erase: Sequence[str] = ()
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
@@ -63,10 +65,10 @@ class StateStore(Protocol):
         """The stored states of ``customers``; unknown or expired customers are absent."""
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
-        """Write states and streams' checkpoint changes, all or nothing.
+        """Erase, then write states and streams' checkpoint changes, all or nothing.
 
         Raises :class:`ConflictError`, writing nothing, if any state's stored
-        version differs from its ``expected_version``.
+        version (after the erasures) differs from its ``expected_version``.
         """
 
     async def checkpoint(self, stream: str) -> Checkpoint:

@@ -18,7 +18,8 @@ crash the uncommitted tail is processed again: events already saved are
 duplicates and change nothing, the others give triggers with the same ids.
 Transient Kafka and Redis failures are retried with backoff, the batch kept
 in hand; a version conflict (another worker wrote a customer meanwhile)
-reloads the streams and redoes the batch.
+reloads the streams and redoes the batch. What happens is counted in
+:mod:`app.metrics`, a few increments per batch (:mod:`app.worker.instruments`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Iterable
 from typing import Any, Final, cast
 
@@ -36,15 +38,19 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 from redis.exceptions import RedisError
 
+from app.confirmations import confirmation
 from app.decoding import Rejection, decode_event
+from app.detection import Detection
 from app.events import Event
+from app.metrics import WorkerMetrics, retry_cause
 from app.pipeline import Batch, Pipeline
 from app.processor import Status
 from app.settings import Settings
 from app.state.store import ConflictError
-from app.triggers import CONTENT_TYPE, encode, to_cloudevent
+from app.triggers import CONTENT_TYPE, TriggerWriter, encode
 from app.worker.alignment import Aligner
 from app.worker.faust_batch import BatchApp, BatchConsumer, RecordBatch
+from app.worker.instruments import FetchTimes, account_completed, account_routed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,8 @@ class Routed(msgspec.Struct, gc=False):
     records: dict[str, list[ConsumerRecord]] = msgspec.field(default_factory=dict)
     dead: list[tuple[ConsumerRecord, str, str]] = msgspec.field(default_factory=list)
     misrouted: list[tuple[ConsumerRecord, bytes]] = msgspec.field(default_factory=list)
+    # (topic, event Kind code) -> decoded records, for the metrics.
+    consumed: Counter[tuple[str, int]] = msgspec.field(default_factory=Counter)
 
 
 def stream_of(partition: int) -> str:
@@ -69,11 +77,21 @@ def stream_of(partition: int) -> str:
 
 
 class DetectorAgent:
-    def __init__(self, app: BatchApp, settings: Settings, pipeline: Pipeline, *, source: str) -> None:
+    def __init__(
+        self,
+        app: BatchApp,
+        settings: Settings,
+        pipeline: Pipeline,
+        *,
+        source: str,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.pipeline = pipeline
-        self.source = source
+        self.metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
+        self._fetch_times = FetchTimes()
+        self.writer = TriggerWriter(source, pipeline.detector.policy.subject)
         self._order = {
             topic: i for i, topic in enumerate([*settings.input_topics, settings.topic_repartition])
         }
@@ -96,9 +114,11 @@ class DetectorAgent:
     async def __call__(self, fetch: RecordBatch) -> None:
         async with self._busy:
             now = self._waiting_clock()
+            fetched_at = time.monotonic()
             for tp, records in fetch.items():
                 self._aligner(tp.partition).add(tp.topic, records, now)
                 self._fetched[tp] = records[-1].offset + 1
+                self._fetch_times.add(tp, records[-1].offset, fetched_at)
             try:
                 released = self._release(now)
                 if released:
@@ -115,25 +135,34 @@ class DetectorAgent:
         return self._waited
 
     async def _handle(self, released: dict[int, list[ConsumerRecord]]) -> None:
+        started = time.monotonic()
+        fetched = self._fetch_times.released(released.values())
         routed = self.route(released)
+        account_routed(self.metrics, routed, int(time.time() * 1000))
         in_hand = {TP(r.topic, r.partition) for records in released.values() for r in records}
         delay = FIRST_RETRY_S
         while True:
             try:
-                await self._process(routed)
+                batch, acknowledged = await self._process(routed)
                 break
             except (ConflictError, *RETRYABLE) as exc:
                 # Nothing of the batch was saved: reload the streams and redo it.
+                self.metrics.batch_retries.labels(retry_cause(exc)).inc()
                 log.warning("batch failed, redoing it in %.1f s: %r", delay, exc)
                 self.pipeline.close(routed.events)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY_S)
                 if not in_hand <= self._consumer.assignment():
+                    self.metrics.batches.labels("abandoned").inc()
                     log.info("partitions revoked while retrying; their new owner takes the batch over")
                     return
+        account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
         offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
-        if offsets and await self._consumer.commit_offsets(offsets):
-            self._committed.update(offsets)
+        if offsets:
+            committed = await self._consumer.commit_offsets(offsets)
+            self.metrics.offset_commits.labels("ok" if committed else "failed").inc()
+            if committed:
+                self._committed.update(offsets)
 
     def _aligner(self, partition: int) -> Aligner[ConsumerRecord]:
         aligner = self._aligners.get(partition)
@@ -204,6 +233,7 @@ class DetectorAgent:
                 if isinstance(decoded, Rejection):
                     routed.dead.append((record, decoded.reason.value, decoded.detail))
                     continue
+                routed.consumed[record.topic, decoded.kind] += 1
                 key = decoded.customer_id.encode()
                 if record.key != key and record.topic != repartition:
                     routed.misrouted.append((record, key))
@@ -212,17 +242,38 @@ class DetectorAgent:
                 kept.append(record)
         return routed
 
-    async def _process(self, routed: Routed) -> None:
+    async def _process(self, routed: Routed) -> tuple[Batch, float]:
+        """The batch, and when the broker had acknowledged its triggers (time.monotonic)."""
         batch = await self.pipeline.run(routed.events)
-        sent = [*self._triggers(batch), *self._dead_letters(routed, batch), *self._repartitioned(routed)]
+        settings = self.settings
+        dead = list(self._dead_letters(routed, batch))
+        sent = [
+            *self._records(settings.topic_triggers, batch.detections),
+            *self._records(settings.topic_holdout, batch.held_out),
+            *dead,
+            *self._repartitioned(routed),
+        ]
         await asyncio.gather(*[await send for send in sent])
+        acknowledged = time.monotonic()
+        self.metrics.acknowledged(
+            (d.moment for d in batch.detections), len(dead), (r.topic for r, _ in routed.misrouted)
+        )
         await self.pipeline.commit(batch)
+        # Only once the erasure is saved; if this is lost, reprocessing erases and confirms again.
+        await asyncio.gather(*[await send for send in self._confirmations(batch)])
+        return batch, acknowledged
 
-    def _triggers(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
-        producer, topic = self.app.producer, self.settings.topic_triggers
-        for detection in batch.detections:
-            value = encode(to_cloudevent(detection, source=self.source))
-            yield producer.send(topic, detection.customer_id.encode(), value, None, None, TRIGGER_HEADERS)
+    def _records(self, topic: str, detections: list[Detection]) -> Iterable[Awaitable[Awaitable[Any]]]:
+        producer = self.app.producer
+        for detection in detections:
+            key, value = self.writer.record(detection)
+            yield producer.send(topic, key, value, None, None, TRIGGER_HEADERS)
+
+    def _confirmations(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
+        producer, topic, subject = self.app.producer, self.settings.topic_confirmations, self.writer.subject
+        for request in batch.forgotten:
+            event = confirmation(request, source=self.writer.source, subject=subject(request.customer_id))
+            yield producer.send(topic, event["subject"].encode(), encode(event), None, None, TRIGGER_HEADERS)
 
     def _dead_letters(self, routed: Routed, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
         dead = list(routed.dead)
@@ -267,6 +318,7 @@ class DetectorAgent:
             for tp in revoked:
                 self._fetched.pop(tp, None)
                 self._committed.pop(tp, None)
+            self._fetch_times.forget(revoked)
             # The consumer forgets pauses of revoked partitions itself.
             self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}
             self.pipeline.close({stream_of(p) for p in partitions})

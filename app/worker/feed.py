@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.events import PURCHASE_TYPES, SEARCH_TYPES
+from app.events import CONSENT_TYPES, PRIVACY_TYPES, PURCHASE_TYPES, SEARCH_TYPES
 from app.settings import Settings
 from app.worker.kafka import client_options
 
@@ -25,6 +25,10 @@ def topic_for(event_type: object, settings: Settings) -> str:
         return settings.topic_search
     if event_type in PURCHASE_TYPES:
         return settings.topic_purchase
+    if event_type in CONSENT_TYPES:
+        return settings.topic_consent
+    if event_type in PRIVACY_TYPES:
+        return settings.topic_privacy
     return settings.topic_clickstream
 
 

@@ -78,7 +78,13 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
-        topics = [*copartitioned_topics(settings), settings.topic_triggers, settings.topic_dlq]
+        topics = [
+            *copartitioned_topics(settings),
+            settings.topic_triggers,
+            settings.topic_holdout,
+            settings.topic_confirmations,
+            settings.topic_dlq,
+        ]
         if settings.create_topics:
             # Create before describing: some brokers create a topic with default settings
             # when its metadata is first asked for.

@@ -59,10 +59,16 @@ def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extr
         "MM_TOPIC_CLICKSTREAM": f"clickstream-{suffix}",
         "MM_TOPIC_SEARCH": f"search-{suffix}",
         "MM_TOPIC_PURCHASE": f"purchase-{suffix}",
+        "MM_TOPIC_CONSENT": f"consent-{suffix}",
+        "MM_TOPIC_PRIVACY": f"privacy-{suffix}",
         "MM_TOPIC_TRIGGERS": f"triggers-{suffix}",
+        "MM_TOPIC_HOLDOUT": f"holdout-{suffix}",
+        "MM_TOPIC_CONFIRMATIONS": f"confirmations-{suffix}",
         "MM_TOPIC_DLQ": f"dlq-{suffix}",
         "MM_TOPIC_REPARTITION": f"repartition-{suffix}",
         "MM_LOG_LEVEL": "info",
+        # Any free port for /metrics: workers of concurrent tests (and test runs) must not collide.
+        "MM_METRICS_PORT": "0",
     }
     env.update(extra)
     return env
@@ -222,17 +228,18 @@ def ticks(
     lines: Sequence[bytes],
     partitions: Iterable[int] | None = None,
     of: int = PARTITIONS,
-    after: timedelta = timedelta(hours=1),
+    after: timedelta = timedelta(days=1),
 ) -> list[bytes]:
     """Page views by a synthetic customer per partition, ``after`` the input's last event.
 
     Streaming cannot know that the input ended, so a cart abandoned near the end fires
-    only once event time moves on; replay flushes such deadlines at the end of its
-    input. Appending these ticks to the input of both moves the clock of every
-    partition (``partitions``, of ``of``; all by default) past every pending deadline
-    (an hour is well past the 30 min cart deadline plus the 2 min lateness, and well
-    within how far an event may run ahead of the stream), so both give the same
-    triggers, and replay's final flush finds nothing.
+    only once event time moves on, and a trigger deferred by quiet hours is released
+    only once the night is over; replay flushes both at the end of its input.
+    Appending these ticks to the input of both moves the clock of every partition
+    (``partitions``, of ``of``; all by default) past every pending deadline (a day is
+    past any cart deadline and any quiet night, and well within how far an event may
+    run ahead of the stream), so both give the same triggers, and replay's final
+    flush finds nothing.
     """
     at = format_time(int((last_event_time(lines) + after).timestamp() * 1000))
     customers = customers_per_partition("zz-tick", of)
@@ -490,10 +497,11 @@ class Replayed:
         return {orjson.loads(t)["id"] for t in self.triggers}
 
 
-def replay(path: Path, directory: Path) -> Replayed:
+def replay(path: Path, directory: Path, config: Path | None = None) -> Replayed:
     """Run the ``micromoments replay`` command (its entry point, in this process) on ``path``."""
     out, errors = directory / f"{path.stem}.triggers.jsonl", directory / f"{path.stem}.errors.jsonl"
-    code = cli.main(["replay", str(path), "--out", str(out), "--errors", str(errors), "--quiet"])
+    argv = ["replay", str(path), "--out", str(out), "--errors", str(errors), "--quiet"]
+    code = cli.main(argv + (["--config", str(config)] if config else []))
     assert code == 0, f"micromoments replay {path} exited with {code}"
     return Replayed(read_jsonl(out), [orjson.loads(line) for line in read_jsonl(errors)])
 

@@ -65,7 +65,11 @@ from app.traffic import TrafficGenerator
 from app.triggers import CONTENT_TYPE
 
 DEMO = ROOT / "fixtures" / "demo" / "day.jsonl"
-SCENARIOS = sorted((ROOT / "fixtures" / "scenarios").glob("*.jsonl"))
+# The detection scenarios, with the engagement policy set aside as their goldens are.
+SCENARIOS = sorted(
+    p for p in (ROOT / "fixtures" / "scenarios").glob("*.jsonl") if not p.name.startswith("policy.")
+)
+DETECTION_ONLY = ROOT / "fixtures" / "scenarios" / "detection-only.toml"
 
 
 @pytest.fixture
@@ -189,11 +193,17 @@ def scenario_run(
     broker: EmbeddedBroker, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ScenarioRun]:
     directory = tmp_path_factory.mktemp("scenarios")
-    env = isolated_env(broker, redis_server, "scenarios", MM_PARTITIONS=str(SCENARIO_PARTITIONS))
+    env = isolated_env(
+        broker,
+        redis_server,
+        "scenarios",
+        MM_PARTITIONS=str(SCENARIO_PARTITIONS),
+        MM_MOMENTS_CONFIG=str(DETECTION_ONLY),
+    )
     settings = settings_of(env)
     scenarios: dict[str, Scenario] = {}
     for partition, path in enumerate(SCENARIOS):
-        problems = replay(path, directory).problems
+        problems = replay(path, directory, DETECTION_ONLY).problems
         if problems:
             scenarios[path.stem] = Scenario(
                 skip=f"replay rejects {len(problems)} line(s); the DLQ test covers bad input"
@@ -205,7 +215,9 @@ def scenario_run(
         if why:
             scenarios[path.stem] = Scenario(skip=why)
             continue
-        expected = replay(write_jsonl(directory / f"{path.stem}.isolated.jsonl", lines), directory)
+        expected = replay(
+            write_jsonl(directory / f"{path.stem}.isolated.jsonl", lines), directory, DETECTION_ONLY
+        )
         assert not expected.problems
         scenarios[path.stem] = Scenario(None, lines, expected.triggers, customers)
 
@@ -285,12 +297,12 @@ def test_dead_letters(
     broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines, reasons = dead_letter_input()
-    expected = replay(write_jsonl(tmp_path / "input.jsonl", lines), tmp_path)
+    expected = replay(write_jsonl(tmp_path / "input.jsonl", lines), tmp_path, DETECTION_ONLY)
     # Replay rejects the same lines for the same reasons (its line numbers count from 1).
     assert {p["line"] - 1: p["reason"] for p in expected.problems} == reasons
     assert max(len(line) for line in lines) > MAX_EVENT_BYTES
 
-    env = isolated_env(broker, redis_server, "dlq")
+    env = isolated_env(broker, redis_server, "dlq", MM_MOMENTS_CONFIG=str(DETECTION_ONLY))
     settings = settings_of(env)
     run(create_topics(settings))
     sent = run(produce(settings, lines, headers=[TRACE]))
