@@ -17,13 +17,13 @@ import msgspec
 
 from app.durations import Duration, decode_hook
 from app.moments import MOMENT_TYPES
-from app.policy import Policy, PolicyConfig
 from app.moments.cart_abandonment import CartAbandonmentConfig
 from app.moments.frustration import FrustrationConfig
 from app.moments.local_intent import LocalIntentConfig
 from app.moments.post_purchase_howto import PostPurchaseHowtoConfig
 from app.moments.price_comparison import PriceComparisonConfig
 from app.moments.review_seeking import ReviewSeekingConfig
+from app.policy import Policy, PolicyConfig
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 
@@ -95,7 +95,9 @@ def load_catalogue(path: str | Path | None = None, overrides: dict[str, Any] | N
         raise ConfigError(f"invalid moment configuration{where}: {exc}") from exc
     unknown = set(catalogue.policy.holdout.share) - {m.name for m in MOMENT_TYPES}
     if unknown:
-        raise ConfigError(f"invalid moment configuration{where}: policy.holdout.share names no moment {sorted(unknown)}")
+        raise ConfigError(
+            f"invalid moment configuration{where}: policy.holdout.share names no moment {sorted(unknown)}"
+        )
     for moment in MOMENT_TYPES:
         try:  # each moment checks its own configuration (its weights name exactly its signals)
             moment(getattr(catalogue.moments, moment.name))

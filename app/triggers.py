@@ -10,8 +10,8 @@ Serialisation is deterministic too: same detection, same bytes.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson

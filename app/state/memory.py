@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Collection, Sequence
 
 from app.state.codec import decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
+from app.state.store import Checkpoint, ConflictError, StateWrite, StreamSave, Versioned
 
 
 class MemoryStateStore:
@@ -37,9 +37,7 @@ class MemoryStateStore:
         writes = [write for save in saves for write in save.writes]
         erased = {customer for save in saves for customer in save.erase}
         conflicts = [
-            w.state.customer_id
-            for w in writes
-            if (0 if w.state.customer_id in erased else self._version(w.state.customer_id)) != w.expected_version
+            w.state.customer_id for w in writes if self._stored_version(w, erased) != w.expected_version
         ]
         if conflicts:
             raise ConflictError(conflicts)
@@ -77,6 +75,10 @@ class MemoryStateStore:
 
     async def close(self) -> None:
         return None
+
+    def _stored_version(self, write: StateWrite, erased: set[str]) -> int:
+        customer = write.state.customer_id
+        return 0 if customer in erased else self._version(customer)
 
     def _version(self, customer: str) -> int:
         stored = self._blobs.get(customer)
