@@ -16,11 +16,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,9 +27,8 @@ from aiokafka import AIOKafkaConsumer
 
 from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable
 from app.settings import Settings, load_settings
-from app.traffic import TrafficGenerator
-from app.worker.feed import new_producer, publish
 from app.worker.kafka import client_options, ensure_topics
+from app.worker.live import feed_live
 
 # The embedded broker assigns partitions after half the session timeout: keep it short.
 DEV_SESSION_TIMEOUT_S = 3
@@ -104,26 +101,12 @@ class DevStack:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _generate(self, settings: Settings) -> None:
-        started = time.time()
-        generator = TrafficGenerator(
-            seed=self.seed,
-            customers=self.customers,
-            events_per_second=self.rate / self.speed,
-            start=datetime.fromtimestamp(started, UTC),
-            diurnal=False,
+        def sent(count: int) -> None:
+            self.sent = count
+
+        await feed_live(
+            settings, rate=self.rate, speed=self.speed, customers=self.customers, seed=self.seed, on_sent=sent
         )
-        producer = new_producer(settings)
-        await producer.start()
-        try:
-            for event in generator.events():
-                event_time = datetime.fromisoformat(event["occurred_at"]).timestamp()
-                wait = (event_time - started) / self.speed - (time.time() - started)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await publish(producer, settings, [event], wait=False)
-                self.sent += 1
-        finally:
-            await producer.stop()
 
     async def _tail(self, settings: Settings) -> None:
         consumer = AIOKafkaConsumer(

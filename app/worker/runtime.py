@@ -10,6 +10,7 @@ import faust
 
 from app.config import load_catalogue
 from app.detector import Detector
+from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
 from app.settings import Settings
 from app.state.memory import MemoryStateStore
@@ -17,6 +18,8 @@ from app.state.redis import RedisStateStore
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
 from app.worker.faust_batch import BatchApp
+from app.worker.http import OpsServer, listen
+from app.worker.instruments import MeteredStore, readiness, watch_consumer
 from app.worker.kafka import ensure_topics, faust_brokers, faust_credentials
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,9 @@ log = logging.getLogger(__name__)
 HEARTBEATS_PER_SESSION = 4
 
 
-def build_app(settings: Settings, store: StateStore) -> tuple[BatchApp, DetectorAgent]:
+def build_app(
+    settings: Settings, store: StateStore, metrics: WorkerMetrics | None = None
+) -> tuple[BatchApp, DetectorAgent]:
     catalogue = load_catalogue(settings.moments_config)
     app = BatchApp(
         settings.group_id,
@@ -52,7 +57,11 @@ def build_app(settings: Settings, store: StateStore) -> tuple[BatchApp, Detector
         idempotence=settings.kafka_idempotence,
     )
     agent = DetectorAgent(
-        app, settings, Pipeline(Detector(catalogue), store), source=catalogue.trigger.source
+        app,
+        settings,
+        Pipeline(Detector(catalogue), store),
+        source=catalogue.trigger.source,
+        metrics=metrics,
     )
     return app, agent
 
@@ -66,8 +75,15 @@ def open_store(settings: Settings) -> StateStore:
 
 def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; the exit code of the worker."""
+    # First: a metrics port already taken stops the worker before it joins the group.
+    sock = listen(settings.metrics_host, settings.metrics_port)
     asyncio.run(ensure_topics(settings))
-    app, _ = build_app(settings, open_store(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    metrics = WorkerMetrics()
+    store = MeteredStore(open_store(settings), metrics)
+    app, _ = build_app(settings, store, metrics)
+    watch_consumer(metrics, app)
+    # /metrics, /livez, /readyz: started before the app, stopped after it.
+    ops = OpsServer(sock, metrics.registry, readiness(app, store), loop_lag=metrics.event_loop_lag)
+    worker = faust.Worker(app, ops, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
