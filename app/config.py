@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from app.durations import Duration, decode_hook
+from app.learning.config import LearningConfig
 from app.moments import MOMENT_TYPES
 from app.moments.cart_abandonment import CartAbandonmentConfig
 from app.moments.frustration import FrustrationConfig
@@ -62,6 +63,7 @@ class Catalogue(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     moments: MomentsConfig
     trigger: TriggerConfig
     policy: PolicyConfig
+    learning: LearningConfig
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,8 @@ import msgspec
 
 class Decider(StrEnum):
     RULES = "rules"
+    # The moment's online model, once it has learnt from enough outcomes.
+    MODEL = "model"
 
 
 class Detection(msgspec.Struct, kw_only=True, gc=False):
@@ -35,3 +37,5 @@ class Detection(msgspec.Struct, kw_only=True, gc=False):
     attributes: dict[str, Any]
     session_id: str | None
     channel: str | None
+    # The customer's micro-segment (online clustering of behaviour), when learning is on.
+    segment: int | None = None

@@ -34,8 +34,14 @@ from app.events import (
     SuppressionEvent,
 )
 from app.journey import journey_stage
+from app.learning.features import features, sparse
+from app.learning.labels import LabelledExample, PendingExample, example_id, resolve
+from app.learning.labels import add as add_pending
+from app.learning.labels import expire as expire_pending
+from app.learning.labels import next_deadline as next_pending
+from app.learning.models import Models
 from app.moments import MOMENT_TYPES
-from app.moments.base import Candidate, Moment
+from app.moments.base import Candidate, Moment, MomentConfig
 from app.moments.cart_abandonment import CartAbandonment
 from app.policy import DAY, Policy
 from app.signals import Vocabulary
@@ -47,6 +53,8 @@ class Observation(msgspec.Struct, gc=False):
     detections: list[Detection] = msgspec.field(default_factory=list)
     # moment -> why a candidate did not become a trigger ("below_threshold", "cooldown")
     suppressed: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    # Scored candidates whose outcome became known: what the models learn from.
+    examples: list[LabelledExample] = msgspec.field(default_factory=list)
 
 
 # Shared answers for the common cases; callers only read observations.
@@ -55,8 +63,16 @@ DUPLICATE: Final = Observation(duplicate=True)
 
 
 class Detector:
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, *, models: Models | None = None, learn: bool = True) -> None:
+        """``models`` score candidates (learning on): given ones, or fresh ones learning from
+        each outcome as it is known, when ``learn`` (replay); else examples are only reported."""
         self.catalogue = catalogue
+        learning = catalogue.learning
+        self.models = (models or Models(learning)) if learning.enabled else None
+        self._learn = learn
+        self._outcomes = learning.outcome_kinds()
+        self._horizons = learning.horizons()
+        self._example_salt = catalogue.policy.customer_id_salt.encode()
         cfg = catalogue.moments
         every = [moment(getattr(cfg, moment.name)) for moment in MOMENT_TYPES]
         self.cart = next(m for m in every if isinstance(m, CartAbandonment))
@@ -120,6 +136,9 @@ class Detector:
         if entry.kind in self._cart_kinds:
             self.cart.track(state, entry, purchased)
         observation = QUIET
+        if state.pending:
+            state.pending, positives = resolve(state.pending, self._outcomes, entry.kind, ts)
+            observation = self._labelled(positives, observation)
         for moment in self._evaluated_on[entry.kind]:
             candidate = moment.evaluate(state, entry)
             if candidate is not None:
@@ -130,15 +149,28 @@ class Detector:
         return observation
 
     def expire(self, state: CustomerState, now: int) -> Observation:
-        """Fire the customer's absence deadline if event time ``now`` has passed it."""
+        """What event time ``now`` passing completes: the cart's deadline, unlabelled outcomes."""
+        observation = QUIET
+        if state.pending:
+            state.pending, negatives = expire_pending(state.pending, now)
+            observation = self._labelled(negatives, observation)
         cart = state.cart
         if cart is None or cart.deadline is None or cart.deadline > now:
-            return QUIET
-        observation = Observation()
+            return observation
         candidate = self.cart.fire(state)
         if candidate is not None:
+            if observation is QUIET:
+                observation = Observation()
             self._decide(state, candidate, observation)
         return observation
+
+    def next_deadline(self, state: CustomerState) -> int | None:
+        """The next event time the customer needs waking at for the detector: cart or outcome."""
+        cart = state.cart.deadline if state.cart is not None else None
+        # An outcome at the very deadline still counts: an example is negative only after it.
+        first = next_pending(state.pending)
+        pending = None if first is None else first + 1
+        return min(cart, pending) if cart is not None and pending is not None else cart or pending
 
     def expires_at(self, state: CustomerState) -> int:
         """The last event time at which the state still holds something a detection needs.
@@ -160,6 +192,7 @@ class Detector:
             ends.append(state.cart.deadline + self.cart.config.cooldown + lateness)
         if state.sent:
             ends.append(max(state.sent) + DAY)  # the frequency cap looks back a day
+        ends.extend(example.deadline + lateness for example in state.pending)
         ends.extend(deferred.release_at for deferred in state.deferred)
         return max(ends)
 
@@ -168,18 +201,52 @@ class Detector:
         if moment is None:
             return  # disabled since the state was saved (a cart deadline armed before)
         cfg = moment.config
-        if candidate.score < cfg.threshold:
-            observation.suppressed.append((candidate.moment, "below_threshold"))
-            return
         last = state.cooldowns.get(candidate.moment)
         # Symmetric, so a late event cannot slip a trigger in just before the last one.
         if last is not None and abs(candidate.ts - last) < cfg.cooldown:
             observation.suppressed.append((candidate.moment, "cooldown"))
             return
+        score, decided_by = candidate.score, Decider.RULES
+        if self.models is not None:
+            x = features(state, candidate.ts, recent=self.catalogue.window.stats_window)
+            learnt = self.models.score(candidate.moment, x)
+            if learnt is not None:
+                score, decided_by = learnt, Decider.MODEL
+            state.segment = self.models.segment(x)
+            # Every scored candidate waits for its outcome, triggered or not, so a model
+            # does not only ever learn from its own choices.
+            example = PendingExample(
+                candidate.moment,
+                candidate.ts,
+                candidate.ts + self._horizons[candidate.moment],
+                sparse(x),
+                score,
+                decided_by,
+                score >= cfg.threshold,
+                example_id(state.customer_id, candidate.moment, candidate.ts, salt=self._example_salt),
+            )
+            state.pending, _ = add_pending(state.pending, example, limit=self.catalogue.learning.max_pending)
+        if score < cfg.threshold:
+            observation.suppressed.append((candidate.moment, "below_threshold"))
+            return
         state.cooldowns[candidate.moment] = max(candidate.ts, last or candidate.ts)
-        observation.detections.append(self._detection(state, candidate, cfg.threshold, cfg.ttl))
+        observation.detections.append(self._detection(state, candidate, cfg, score, decided_by))
 
-    def _detection(self, state: CustomerState, candidate: Candidate, threshold: float, ttl: int) -> Detection:
+    def _labelled(self, examples: list[LabelledExample], observation: Observation) -> Observation:
+        """Outcomes known: learn from them (replay) and report them."""
+        if not examples:
+            return observation
+        if self._learn and self.models is not None:
+            for example in examples:
+                self.models.learn(example)
+        if observation is QUIET:
+            observation = Observation()
+        observation.examples.extend(examples)
+        return observation
+
+    def _detection(
+        self, state: CustomerState, candidate: Candidate, cfg: MomentConfig, score: float, decided_by: str
+    ) -> Detection:
         journey = self.catalogue.journey
         now = candidate.ts
         return Detection(
@@ -187,9 +254,9 @@ class Detector:
             customer_id=state.customer_id,
             ts=now,
             anchor=candidate.anchor,
-            score=candidate.score,
-            threshold=threshold,
-            decided_by=Decider.RULES,
+            score=score,
+            threshold=cfg.threshold,
+            decided_by=decided_by,
             reasons=candidate.reasons,
             evidence=candidate.evidence,
             explanation=candidate.explanation,
@@ -201,10 +268,11 @@ class Detector:
                 loyalty_min_orders=journey.loyalty_min_orders,
             ),
             window=self._window_stats(state, now),
-            expires_at=now + ttl,
+            expires_at=now + cfg.ttl,
             attributes=candidate.attributes,
             session_id=state.session_id,
             channel=state.channel,
+            segment=state.segment,
         )
 
     def _window_stats(self, state: CustomerState, now: int) -> dict[str, int]:
@@ -263,7 +331,8 @@ def _record_fact(state: CustomerState, event: ConsentEvent | SuppressionEvent, t
         if known is None or ts >= known.ts:
             state.consent[event.purpose] = Consent(event.status == "granted", ts)
     elif event.action == "add":
-        if state.suppressed_since is None:
+        # The latest addition, so that an older removal arriving late changes nothing.
+        if state.suppressed_since is None or ts > state.suppressed_since:
             state.suppressed_since = ts
-    else:
+    elif state.suppressed_since is not None and ts >= state.suppressed_since:
         state.suppressed_since = None

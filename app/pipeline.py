@@ -19,6 +19,7 @@ from app.clock import EventClock
 from app.detection import Detection
 from app.detector import Detector
 from app.events import Event, ForgetRequest
+from app.learning.labels import LabelledExample
 from app.processor import Outcome, StreamProcessor
 from app.state.store import StateStore, StateWrite, StreamSave
 from app.window import CustomerState
@@ -38,6 +39,10 @@ class Batch(msgspec.Struct, gc=False):
     @property
     def held_out(self) -> list[Detection]:
         return [d for outcome in self.outcomes.values() for d in outcome.held_out]
+
+    @property
+    def examples(self) -> list[LabelledExample]:
+        return [e for outcome in self.outcomes.values() for e in outcome.examples]
 
     @property
     def forgotten(self) -> list[ForgetRequest]:

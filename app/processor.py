@@ -25,7 +25,8 @@ import msgspec
 from app.clock import EventClock
 from app.detection import Detection
 from app.detector import QUIET, Detector, Observation
-from app.events import Event, ForgetRequest
+from app.events import ConsentEvent, Event, ForgetRequest, SuppressionEvent
+from app.learning.labels import LabelledExample
 from app.policy import Judgement, Verdict
 from app.window import CustomerState
 
@@ -57,6 +58,8 @@ class Outcome(msgspec.Struct, gc=False):
     suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
     # Triggers held back by quiet hours in this batch (released later, counted then too).
     deferred: int = 0
+    # Scored candidates whose outcome became known (learning).
+    examples: list[LabelledExample] = msgspec.field(default_factory=list)
     # Customers whose state changed and must be saved.
     touched: set[str] = msgspec.field(default_factory=set)
     # Customers erased, with the requests that asked: delete their state, then confirm.
@@ -135,6 +138,14 @@ class StreamProcessor:
             ts = event.ts
             now = clock.time
             if now is not None and ts < now - lateness:
+                if isinstance(event, ConsentEvent | SuppressionEvent):
+                    # What a customer allows is a fact, not behaviour: recorded however late
+                    # (the latest in event time wins), without moving the clock.
+                    customer = event.customer_id
+                    observe(states.setdefault(customer, CustomerState(customer_id=customer)), event, ts)
+                    outcome.touched.add(customer)
+                    statuses.append(Status.APPLIED)
+                    continue
                 statuses.append(Status.LATE)
                 continue
             moved_to = clock.observe(ts)
@@ -152,15 +163,15 @@ class StreamProcessor:
                 state = states[customer] = CustomerState(customer_id=customer)
             own = self._deadlines.get(customer)
             if own is not None and own <= ts - lateness:
-                # The customer's own event proves the deadline passed, whatever the stream
-                # clock (which trails on a sparse partition) says: fire it first, so the
+                # The customer's own event proves their deadlines passed, whatever the stream
+                # clock (which trails on a sparse partition) says: fire them first, so the
                 # outcome does not depend on how customers are spread over partitions.
-                self._fire(customer, own, states, outcome)
+                self._fire(customer, ts - lateness, states, outcome)
             observation = observe(state, event, ts)
             if observation is QUIET:
                 statuses.append(Status.APPLIED)
                 outcome.touched.add(customer)
-                if state.cart is not None or customer in self._deadlines:
+                if state.cart is not None or state.pending or customer in self._deadlines:
                     self._collect(state, observation, outcome)
             elif observation.duplicate:
                 statuses.append(Status.DUPLICATE)
@@ -189,17 +200,21 @@ class StreamProcessor:
         while heap and heap[0][0] <= watermark:
             deadline, customer = heapq.heappop(heap)
             if self._deadlines.get(customer) == deadline:  # else moved or disarmed since pushed
+                # Its heap entry is gone: whatever is still pending gets a new one.
+                del self._deadlines[customer]
+                outcome.deadlines[customer] = None
                 self._fire(customer, deadline, states, outcome)
 
-    def _fire(self, customer: str, deadline: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
+    def _fire(self, customer: str, now: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
+        """Everything of the customer's that event time ``now`` has passed."""
         state = states.get(customer)
         if state is None:
             # Erased (the right to be forgotten) or expired since: nothing to fire.
-            del self._deadlines[customer]
+            self._deadlines.pop(customer, None)
             outcome.deadlines[customer] = None
             return
-        observation = self.detector.expire(state, deadline)
-        for detection, judgement in self.policy.release(state, deadline):
+        observation = self.detector.expire(state, now)
+        for detection, judgement in self.policy.release(state, now):
             self._route(detection, judgement, outcome)
         self._collect(state, observation, outcome)
 
@@ -221,15 +236,16 @@ class StreamProcessor:
             self._route(detection, self.policy.judge(detection, state), outcome)
         if observation.suppressed:
             outcome.suppressed.update(observation.suppressed)
-        cart = state.cart
-        wake = cart.deadline if cart is not None else None
+        if observation.examples:
+            outcome.examples.extend(observation.examples)
+        wake = self.detector.next_deadline(state)
         if state.deferred:
             release = self.policy.next_release(state)
             wake = release if wake is None or (release is not None and release < wake) else wake
         if wake == self._deadlines.get(customer):
             return
         if wake is None:
-            del self._deadlines[customer]
+            self._deadlines.pop(customer, None)
         else:
             self._deadlines[customer] = wake
             heapq.heappush(self._heap, (wake, customer))

@@ -23,6 +23,7 @@ from app.config import Catalogue
 from app.decoding import Rejection, decode_event
 from app.detector import Detector
 from app.events import Event
+from app.learning.labels import LabelledExample
 from app.pipeline import Batch, Pipeline
 from app.processor import Status
 from app.state.memory import MemoryStateStore
@@ -67,6 +68,8 @@ class Summary(msgspec.Struct):
     # (moment, reason) -> candidates that did not become triggers
     suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
     deferred: int = 0
+    # moment -> its model's examples learnt, progressive ROC AUC and log loss, drift alarms
+    models: dict[str, dict[str, float | int | None]] = msgspec.field(default_factory=dict)
     seconds: float = 0.0
 
     def render(self) -> str:
@@ -94,6 +97,17 @@ class Summary(msgspec.Struct):
             lines.append("  not triggered: " + _counts(by_reason))
         if self.forgotten:
             lines.append(f"  customers forgotten {self.forgotten:,}")
+        if self.models:
+            lines.append(
+                "  models (progressive, test-then-train): "
+                + "; ".join(
+                    f"{moment} {q['examples']} examples"
+                    + (f", AUC {q['auc']:.3f}" if q["auc"] is not None else "")
+                    + (f", log loss {q['log_loss']:.3f}" if q["log_loss"] is not None else "")
+                    + (f", {q['drift_alarms']} drift alarm(s)" if q["drift_alarms"] else "")
+                    for moment, q in self.models.items()
+                )
+            )
         return "\n".join(lines)
 
 
@@ -126,10 +140,12 @@ async def replay(
     batch_size: int = BATCH_SIZE,
     store: StateStore | None = None,
     held_out: IO[bytes] | None = None,
+    examples: list[LabelledExample] | None = None,
 ) -> Summary:
     """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``.
 
-    Detections of customers in holdout groups go to ``held_out`` when given.
+    Detections of customers in holdout groups go to ``held_out`` when given;
+    labelled examples (learning) are appended to ``examples`` when given.
     """
     started = time.perf_counter()
     detector = Detector(catalogue)
@@ -179,6 +195,8 @@ async def replay(
         summary.suppressed.update(outcome.suppressed)
         summary.deferred += outcome.deferred
         summary.forgotten += len(outcome.forgotten)
+        if examples is not None:
+            examples.extend(outcome.examples)
         await pipeline.commit(batch)
 
     total = sum(path.stat().st_size for path in paths)
@@ -201,6 +219,8 @@ async def replay(
         await run(events, origins)
     await pipeline.open([REPLAY_STREAM])
     await finish(await pipeline.flush(REPLAY_STREAM))
+    if detector.models is not None:
+        summary.models = detector.models.quality()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -63,6 +63,8 @@ def to_cloudevent(detection: Detection, *, source: str, subject: str | None = No
         "session_id": detection.session_id,
         "channel": detection.channel,
     }
+    if detection.segment is not None:
+        data["segment"] = detection.segment
     data.update(detection.attributes)
     return {
         "specversion": SPEC_VERSION,

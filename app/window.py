@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 
 from app.detection import Detection
+from app.learning.labels import PendingExample
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False):
@@ -86,6 +87,9 @@ class CustomerState(msgspec.Struct, gc=False):
     # Event times of the triggers published (or deferred) within the frequency-cap period.
     sent: list[int] = msgspec.field(default_factory=list)
     deferred: list[Deferred] = msgspec.field(default_factory=list)
+    # Scored candidates waiting for their outcome (learning), and the latest micro-segment.
+    pending: list[PendingExample] = msgspec.field(default_factory=list)
+    segment: int | None = None
 
 
 # Facts about the customer that outlive their behaviour's usefulness.

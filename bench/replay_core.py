@@ -7,6 +7,7 @@ peak memory.
 
     .venv/bin/python bench/replay_core.py               # 1,000,000 events, 50,000 customers
     .venv/bin/python bench/replay_core.py --events 200000 --profile
+    .venv/bin/python bench/replay_core.py --config fixtures/rules-only.toml   # learning off
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    parser.add_argument(
+        "--config", type=Path, help="moment configuration merged over the defaults (e.g. learning off)"
+    )
     args = parser.parse_args()
 
     OUT.mkdir(exist_ok=True)
@@ -66,7 +70,9 @@ def main() -> None:
         if profiler:
             profiler.enable()
         summary = asyncio.run(
-            replay([path], load_catalogue(), out=sink, on_problem=problems.append, show_progress=False)
+            replay(
+                [path], load_catalogue(args.config), out=sink, on_problem=problems.append, show_progress=False
+            )
         )
         if profiler:
             profiler.disable()

@@ -19,6 +19,7 @@ from app.detection import Detection
 from app.detector import Detector
 from app.durations import Duration
 from app.events import Event
+from app.learning.labels import LabelledExample
 from app.pipeline import Pipeline
 from app.processor import Status, StreamProcessor
 from app.state.memory import MemoryStateStore
@@ -88,6 +89,7 @@ class Run:
     statuses: list[Status] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
     suppressed: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[LabelledExample] = field(default_factory=list)
 
     def moments(self, customer: str | None = None) -> list[str]:
         return [d.moment for d in self.detections if customer is None or d.customer_id == customer]
@@ -120,6 +122,7 @@ def run(
     for outcome in outcomes:
         result.detections.extend(outcome.detections)
         result.suppressed.extend(outcome.suppressed.elements())
+        result.examples.extend(outcome.examples)
     return result
 
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from helpers import SOURCE, at, decode, ev, raw, run
 
-from app.detector import Detection
+from app.detection import Detection
 from app.triggers import encode, format_time, to_cloudevent, trigger_id
 
 

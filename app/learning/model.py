@@ -1,0 +1,188 @@
+"""One moment's model: a River classifier that keeps score of itself.
+
+:class:`MomentModel` follows River's interface (``predict_proba_one``,
+``learn_one``) with one difference: the probability comes back as a plain
+float, the probability that acting on the moment now matters (that the
+moment's outcome follows). Every ``learn_one`` first tests, then trains
+(progressive validation): the example is scored by the model as it stands,
+the score updates a ROC AUC, a log loss and an ADWIN drift detector fed with
+the absolute error, and only then does the model learn from it.
+
+The classifier is chosen by configuration (:class:`~app.learning.config.ModelConfig`):
+
+- ``logistic_regression`` (default): ``StandardScaler() | LogisticRegression()``;
+- ``hoeffding_tree``: ``tree.HoeffdingTreeClassifier``;
+- ``adaptive_random_forest``: ``forest.ARFClassifier`` seeded with the configured ``seed``.
+
+A model is plain picklable data (see :mod:`app.learning.snapshot`) and
+deterministic, whatever the process's string hash seed: the same examples in
+the same order give the same predictions and metrics (for the default model,
+the same pickled bytes; River's trees also carry unseeded random generators
+that only serve to sample, never to learn or predict).
+
+>>> model = MomentModel()
+>>> model.predict_proba_one({"views": 1.0})
+0.5
+>>> for i in range(200):
+...     model.learn_one({"views": float(i % 10)}, i % 10 >= 5)
+>>> model.examples_seen, model.ready(100)
+(200, True)
+>>> round(model.predict_proba_one({"views": 9.0}), 2), round(model.predict_proba_one({"views": 0.0}), 2)
+(0.74, 0.26)
+>>> model.auc > 0.9, model.drift_alarms
+(True, 0)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from river import base, drift, forest, linear_model, metrics, optim, preprocessing, tree
+
+from app.learning.config import MODEL_KINDS, ModelConfig
+
+# kind -> the River classifier class it names.
+_CLASSES: dict[str, type[base.Classifier]] = {
+    "logistic_regression": linear_model.LogisticRegression,
+    "hoeffding_tree": tree.HoeffdingTreeClassifier,
+    "adaptive_random_forest": forest.ARFClassifier,
+}
+assert tuple(_CLASSES) == MODEL_KINDS
+_ROCAUC: Any = metrics.ROCAUC
+_LOG_LOSS: Any = metrics.LogLoss
+_ADWIN: Any = drift.ADWIN
+# Parameters set from elsewhere in the configuration, not from ``params``.
+_RESERVED = frozenset({"seed"})
+
+
+def build_classifier(config: ModelConfig) -> Any:
+    """The (untrained) River classifier ``config`` describes (or a scaler-classifier pipeline).
+
+    Raises ``ValueError`` naming the problem for an unknown kind, an unknown
+    parameter or a value the classifier refuses.
+
+    >>> list(build_classifier(ModelConfig()).steps)
+    ['StandardScaler', 'LogisticRegression']
+    >>> build_classifier(ModelConfig(kind="adaptive_random_forest", params={"n_models": 3})).seed
+    42
+    >>> build_classifier(ModelConfig(kind="hoeffding_tree", params={"depth": 3}))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown parameter 'depth' for hoeffding_tree; its parameters are [...]
+    """
+    cls = _CLASSES.get(config.kind)
+    if cls is None:
+        raise ValueError(
+            f"unknown model kind {config.kind!r}; choose one of {', '.join(map(repr, MODEL_KINDS))}"
+        )
+    params: dict[str, Any] = dict(config.params)
+    accepted = set(inspect.signature(cls).parameters) - _RESERVED
+    if config.kind == "logistic_regression":
+        accepted = (accepted - {"optimizer"}) | {"lr"}
+        if "lr" in params:
+            params["optimizer"] = optim.SGD(params.pop("lr"))
+    for name in config.params:
+        if name not in accepted:
+            raise ValueError(
+                f"unknown parameter {name!r} for {config.kind}; its parameters are {sorted(accepted)}"
+            )
+    if config.kind == "adaptive_random_forest":
+        params["seed"] = config.seed
+    try:
+        classifier = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid parameters {dict(config.params)} for {config.kind}: {exc}") from exc
+    if config.scaled:
+        return preprocessing.StandardScaler() | classifier
+    return classifier
+
+
+class MomentModel:
+    """A moment's classifier with progressive ROC AUC, log loss and drift alarms."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config or ModelConfig()
+        self.classifier: Any = build_classifier(self.config)
+        # Any: River's type hints are partial (its metrics and detectors have none).
+        self._auc: Any = _ROCAUC(n_thresholds=self.config.auc_thresholds)
+        self._log_loss: Any = _LOG_LOSS()
+        self._drift: Any = _ADWIN(delta=self.config.drift_delta)
+        self._seen = 0
+        self._positives = 0
+        self._alarms = 0
+        self._drifted = False
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        """The probability, in ``[0, 1]``, that the outcome follows (0.5 from an untrained linear model).
+
+        A classifier that has never seen a positive example says 0 (River's own
+        reading of a probability dict without ``True``).
+        """
+        proba = self.classifier.predict_proba_one(dict(x))
+        p = float(proba.get(True, 0.0))
+        if math.isnan(p):
+            return 0.5
+        return min(max(p, 0.0), 1.0)
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        """Score ``x`` (updating the progressive metrics and the drift detector), then learn ``y``."""
+        y = bool(y)
+        p = self.predict_proba_one(x)
+        self._auc.update(y, p)
+        self._log_loss.update(y, p)
+        self._drift.update(abs(float(y) - p))
+        self._drifted = bool(self._drift.drift_detected)
+        if self._drifted:
+            self._alarms += 1
+        self.classifier.learn_one(dict(x), y)
+        self._seen += 1
+        self._positives += y
+
+    def ready(self, min_examples: int) -> bool:
+        """Whether the model may decide: ``min_examples`` learned, and both outcomes among them.
+
+        A model that has only ever seen one outcome has nothing to tell
+        candidates apart by, so the rules keep deciding.
+        """
+        return self._seen >= min_examples and 0 < self._positives < self._seen
+
+    @property
+    def examples_seen(self) -> int:
+        return self._seen
+
+    @property
+    def positives(self) -> int:
+        """Examples learned with the outcome (label ``True``)."""
+        return self._positives
+
+    @property
+    def auc(self) -> float | None:
+        """Progressive ROC AUC, or ``None`` until both outcomes were seen (it is undefined before)."""
+        if not 0 < self._positives < self._seen:
+            return None
+        return float(self._auc.get())
+
+    @property
+    def log_loss(self) -> float | None:
+        """Progressive mean log loss, or ``None`` before the first example."""
+        return float(self._log_loss.get()) if self._seen else None
+
+    @property
+    def drift_alarms(self) -> int:
+        """How many times ADWIN detected a change in the error rate."""
+        return self._alarms
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether the latest :meth:`learn_one` raised a drift alarm (for the caller to log)."""
+        return self._drifted
+
+    def __repr__(self) -> str:
+        auc = "-" if self.auc is None else f"{self.auc:.3f}"
+        return f"MomentModel({self.config.kind}, examples={self._seen}, auc={auc}, alarms={self._alarms})"
+
+
+__all__ = ["MomentModel", "build_classifier"]
