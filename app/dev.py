@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,8 @@ class DevStack:
                 "MM_PARTITIONS": str(DEV_PARTITIONS),
                 "MM_METRICS_PORT": "0",
                 "MM_LOG_LEVEL": "warning",
+                # Models learnt here live and die with this Redis: a throwaway signing key will do.
+                "MM_MODEL_KEY": os.environ.get("MM_MODEL_KEY") or secrets.token_urlsafe(32),
             }
             settings = load_settings({**_mm_variables(), **env})
             asyncio.run(ensure_topics(settings))

@@ -14,10 +14,9 @@ Nothing here is global: a :class:`WorkerMetrics` owns a
 are known in advance (statuses, reasons, moments) start at zero, so rates and
 alert expressions see them before the first event.
 
-More metrics (the online-learning issue's model quality: progressive AUC, log
-loss, drift alarms) belong in a group of their own, built on the same registry
-by :class:`WorkerMetrics`, so that :func:`exported_series` — which the tests
-check every dashboard and alert query against — sees them too.
+Every metric is built on the same registry by :class:`WorkerMetrics`, so that
+:func:`exported_series` — which the tests check every dashboard and alert query
+against — sees them all.
 """
 
 from __future__ import annotations
@@ -71,8 +70,12 @@ _le: Callable[[float], str] = floatToGoString
 
 # The event_type label of records that could not be decoded into an event.
 INVALID_TYPE: Final = "invalid"
-# Why a detector candidate did not become a trigger (app.detector.Detector._decide).
-SUPPRESSION_REASONS: Final = ("below_threshold", "cooldown")
+# Why a detector candidate did not become a trigger: the detector's reasons
+# (app.detector.Detector._decide), then the engagement policy's (app.policy).
+SUPPRESSION_REASONS: Final = (
+    "below_threshold", "cooldown", "suppressed", "no_consent", "frequency_cap", "quiet_hours", "expired",
+)  # fmt: skip
+
 # What made a batch fail and be redone (see retry_cause).
 RETRY_CAUSES: Final = ("conflict", "redis", "kafka", "io", "other")
 # The state store calls timed by app.worker.instruments.MeteredStore.
@@ -252,6 +255,70 @@ class WorkerMetrics:
             registry=reg,
         )
 
+        # --- engagement policy and privacy ----------------------------------------------------
+        self.held_out = Counter(
+            name("held_out_total"),
+            "Detections kept from the customer as the holdout group (published to the holdout"
+            " topic, to measure lift), by moment.",
+            ["moment"],
+            registry=reg,
+        )
+        self.deferred = Counter(
+            name("deferred_total"),
+            "Triggers deferred to the end of the customer's quiet hours (released later, or dropped).",
+            registry=reg,
+        )
+        self.forgotten = Counter(
+            name("customers_forgotten_total"),
+            "Right-to-be-forgotten requests carried out: state erased and confirmation published.",
+            registry=reg,
+        )
+
+        # --- online learning ------------------------------------------------------------------
+        self.training_examples = Counter(
+            name("training_examples_total"),
+            "Labelled outcomes published for the learners, by moment and label (positive, negative).",
+            ["moment", "label"],
+            registry=reg,
+        )
+        self.model_version = CallbackGauge(
+            name("model_version"),
+            "Version of each model this worker scores with (0: warming up, the rules decide).",
+            ["model"],
+            reg,
+        )
+        self.model_examples = CallbackGauge(
+            name("model_examples"),
+            "Examples learnt by each model this worker's learner owns.",
+            ["model"],
+            reg,
+        )
+        self.model_auc = CallbackGauge(
+            name("model_auc"),
+            "Progressive (predict, then learn) ROC AUC of each moment model this worker learns.",
+            ["model"],
+            reg,
+        )
+        self.model_log_loss = CallbackGauge(
+            name("model_log_loss"),
+            "Progressive log loss of each moment model this worker learns.",
+            ["model"],
+            reg,
+        )
+        self.model_drift_alarms = CallbackGauge(
+            name("model_drift_alarms"),
+            "Concept-drift alarms raised (ADWIN on the model's errors) since each model was created.",
+            ["model"],
+            reg,
+        )
+        self.model_snapshots = Counter(
+            name("model_snapshots_total"),
+            "Model snapshots stored by this worker's learner, by result: stored, or conflict (another"
+            " learner had moved the model on; this one reloads).",
+            ["result"],
+            registry=reg,
+        )
+
         # --- latency and batches ----------------------------------------------------------
         self.processing_latency = BatchHistogram(
             name("processing_latency_seconds"),
@@ -341,6 +408,12 @@ class WorkerMetrics:
             self.triggers_published.labels(moment)
             for why in SUPPRESSION_REASONS:
                 self.suppressed.labels(moment, why)
+        for moment in moments:
+            self.held_out.labels(moment)
+            for label in ("positive", "negative"):
+                self.training_examples.labels(moment, label)
+        for result in ("stored", "conflict"):
+            self.model_snapshots.labels(result)
         for result in ("completed", "abandoned"):
             self.batches.labels(result)
         for cause in RETRY_CAUSES:

@@ -17,7 +17,7 @@ import msgspec
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 PREFIX = "MM_"
-SECRETS = frozenset({"kafka_sasl_password"})
+SECRETS = frozenset({"kafka_sasl_password", "model_key"})
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # One event per customer erased, once their data is gone.
     topic_confirmations: str = "privacy.confirmations"
     topic_dlq: str = "micromoment.dlq"
+    # Internal: labelled examples, keyed by model, for the learners.
+    topic_training: str = "micromoments.training"
     # Internal: events that arrived keyed by something other than their customer id
     # are re-keyed through this topic, so one worker sees all of a customer's events.
     topic_repartition: str = "micromoments.repartition"
@@ -83,6 +85,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     align_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 500
     # Moment configuration (TOML) merged over the shipped defaults.
     moments_config: str | None = None
+
+    # --- Learning -------------------------------------------------------------------------
+    # Secret (at least 32 bytes) signing and verifying model snapshots: a snapshot that does
+    # not verify is never unpickled. Without it the worker does not learn: the rules decide.
+    model_key: Annotated[str, msgspec.Meta(min_length=32)] | None = None
+    # Run a learner in this worker (each model is learnt by one learner of the deployment).
+    learner: bool = True
+    # Seconds between checks for newer model versions to score with.
+    model_refresh_s: Annotated[float, msgspec.Meta(gt=0.0)] = 5.0
+    # A learner stores a snapshot after this many examples, or this many seconds.
+    snapshot_every: Positive = 500
+    snapshot_interval_s: Annotated[float, msgspec.Meta(gt=0.0)] = 5.0
 
     # --- Operations -----------------------------------------------------------------------
     # HTTP port for /metrics, /livez and /readyz (0 picks a free port).

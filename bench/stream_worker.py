@@ -15,6 +15,7 @@ loopback ports and stop at the end.
 
     .venv/bin/python bench/stream_worker.py
     .venv/bin/python bench/stream_worker.py --events 50000 --customers 5000 --rates 1000 --skip-naive
+    .venv/bin/python bench/stream_worker.py --learning --skip-naive   # models score, a learner learns
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -280,7 +282,15 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--learning",
+        action="store_true",
+        help="online learning on in the worker: every candidate scored, a learner in the process",
+    )
     args = parser.parse_args()
+    if args.learning:
+        # Inherited by the worker: with a signing key (and Redis) it scores, publishes and learns.
+        os.environ["MM_MODEL_KEY"] = secrets.token_urlsafe(32)
 
     lines = dataset(args.events, args.customers, args.seed)
     results = {}

@@ -28,7 +28,7 @@ from app.state.store import ConflictError
 # free text) would make the number of series grow with the traffic.
 BOUNDED_LABELS = {
     "topic", "event_type", "reason", "status", "moment", "cause", "result", "operation", "partition",
-    "version", "python",
+    "version", "python", "label", "model",
 }  # fmt: skip
 
 

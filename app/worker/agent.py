@@ -44,6 +44,7 @@ from app.detection import Detection
 from app.events import Event
 from app.metrics import WorkerMetrics, retry_cause
 from app.pipeline import Batch, Pipeline
+from app.privacy import redact
 from app.processor import Status
 from app.settings import Settings
 from app.state.store import ConflictError
@@ -51,6 +52,7 @@ from app.triggers import CONTENT_TYPE, TriggerWriter, encode
 from app.worker.alignment import Aligner
 from app.worker.faust_batch import BatchApp, BatchConsumer, RecordBatch
 from app.worker.instruments import FetchTimes, account_completed, account_routed
+from app.worker.learning import training_records
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Routed(msgspec.Struct, gc=False):
     records: dict[str, list[ConsumerRecord]] = msgspec.field(default_factory=dict)
     dead: list[tuple[ConsumerRecord, str, str]] = msgspec.field(default_factory=list)
     misrouted: list[tuple[ConsumerRecord, bytes]] = msgspec.field(default_factory=list)
-    # (topic, event Kind code) -> decoded records, for the metrics.
+    # (topic, event Kind code) -> misrouted records, for the metrics (the others are in `events`).
     consumed: Counter[tuple[str, int]] = msgspec.field(default_factory=Counter)
 
 
@@ -233,10 +235,10 @@ class DetectorAgent:
                 if isinstance(decoded, Rejection):
                     routed.dead.append((record, decoded.reason.value, decoded.detail))
                     continue
-                routed.consumed[record.topic, decoded.kind] += 1
                 key = decoded.customer_id.encode()
                 if record.key != key and record.topic != repartition:
                     routed.misrouted.append((record, key))
+                    routed.consumed[record.topic, decoded.kind] += 1
                     continue
                 events.append(decoded)
                 kept.append(record)
@@ -252,6 +254,7 @@ class DetectorAgent:
             *self._records(settings.topic_holdout, batch.held_out),
             *dead,
             *self._repartitioned(routed),
+            *self._training(batch),
         ]
         await asyncio.gather(*[await send for send in sent])
         acknowledged = time.monotonic()
@@ -261,6 +264,13 @@ class DetectorAgent:
         await self.pipeline.commit(batch)
         # Only once the erasure is saved; if this is lost, reprocessing erases and confirms again.
         await asyncio.gather(*[await send for send in self._confirmations(batch)])
+        for request in batch.forgotten:
+            log.info(
+                "customer %s forgotten: state and deadlines erased, confirmed on %s (request event %s)",
+                redact(request.customer_id),
+                settings.topic_confirmations,
+                request.event_id,
+            )
         return batch, acknowledged
 
     def _records(self, topic: str, detections: list[Detection]) -> Iterable[Awaitable[Awaitable[Any]]]:
@@ -268,6 +278,15 @@ class DetectorAgent:
         for detection in detections:
             key, value = self.writer.record(detection)
             yield producer.send(topic, key, value, None, None, TRIGGER_HEADERS)
+
+    def _training(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
+        """Labelled examples for the learners (only when this deployment learns)."""
+        models = self.pipeline.detector.models
+        if models is None:
+            return
+        producer, topic = self.app.producer, self.settings.topic_training
+        for key, value in training_records(batch.examples, segments=models.segmenter is not None):
+            yield producer.send(topic, key, value, None, None, None)
 
     def _confirmations(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
         producer, topic, subject = self.app.producer, self.settings.topic_confirmations, self.writer.subject

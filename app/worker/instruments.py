@@ -131,6 +131,16 @@ def account_completed(
     metrics.add(metrics.events_rejected, rejected)
     metrics.add(metrics.detections, Counter(d.moment for d in batch.detections))
     metrics.add(metrics.suppressed, suppressed)
+    metrics.add(metrics.held_out, Counter(d.moment for d in batch.held_out))
+    deferred = sum(outcome.deferred for outcome in batch.outcomes.values())
+    if deferred:
+        metrics.deferred.inc(deferred)
+    if batch.forgotten:
+        metrics.forgotten.inc(len(batch.forgotten))
+    metrics.add(
+        metrics.training_examples,
+        Counter((e.moment, "positive" if e.label else "negative") for e in batch.examples),
+    )
     records = 0
     for at, n in fetched:
         metrics.processing_latency.observe(max(0.0, acknowledged_at - at), n)

@@ -84,6 +84,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             settings.topic_holdout,
             settings.topic_confirmations,
             settings.topic_dlq,
+            settings.topic_training,
         ]
         if settings.create_topics:
             # Create before describing: some brokers create a topic with default settings

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from functools import partial
 
 import faust
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from app.config import load_catalogue
+from app.config import Catalogue, load_catalogue
 from app.detector import Detector
+from app.learning.models import Models
 from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
 from app.settings import Settings
 from app.state.memory import MemoryStateStore
+from app.state.model_store import ModelStore
 from app.state.redis import RedisStateStore
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
@@ -21,6 +27,7 @@ from app.worker.faust_batch import BatchApp
 from app.worker.http import OpsServer, listen
 from app.worker.instruments import MeteredStore, readiness, watch_consumer
 from app.worker.kafka import ensure_topics, faust_brokers, faust_credentials
+from app.worker.learning import Learner, Refresher, keep_running, watch_learning
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +39,7 @@ HEARTBEATS_PER_SESSION = 4
 def build_app(
     settings: Settings, store: StateStore, metrics: WorkerMetrics | None = None
 ) -> tuple[BatchApp, DetectorAgent]:
-    catalogue = load_catalogue(settings.moments_config)
+    catalogue = _learning_possible(load_catalogue(settings.moments_config), settings)
     app = BatchApp(
         settings.group_id,
         broker=faust_brokers(settings),
@@ -56,14 +63,67 @@ def build_app(
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         idempotence=settings.kafka_idempotence,
     )
+    metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
+    # Scorers only: each model is learnt by one learner (app.worker.learning).
+    detector = Detector(catalogue, learn=False)
     agent = DetectorAgent(
-        app,
-        settings,
-        Pipeline(Detector(catalogue), store),
-        source=catalogue.trigger.source,
-        metrics=metrics,
+        app, settings, Pipeline(detector, store), source=catalogue.trigger.source, metrics=metrics
     )
+    if detector.models is not None:
+        _learn(app, settings, catalogue, detector.models, metrics)
     return app, agent
+
+
+def _learning_possible(catalogue: Catalogue, settings: Settings) -> Catalogue:
+    """The catalogue, with learning off if this deployment cannot share models (logged)."""
+    if not catalogue.learning.enabled:
+        return catalogue
+    missing = []
+    if settings.model_key is None:
+        missing.append("MM_MODEL_KEY (the secret that signs model snapshots)")
+    if settings.redis_url == "memory://":
+        missing.append("Redis (MM_REDIS_URL), where the models are kept")
+    if not missing:
+        return catalogue
+    log.warning("online learning is off, the rules decide: it needs %s", " and ".join(missing))
+    learning = msgspec.structs.replace(catalogue.learning, enabled=False)
+    return msgspec.structs.replace(catalogue, learning=learning)
+
+
+def _learn(
+    app: BatchApp, settings: Settings, catalogue: Catalogue, models: Models, metrics: WorkerMetrics
+) -> None:
+    """Keep ``models`` at their latest versions, and run this worker's learner, as app tasks."""
+    refresher = Refresher(models, _model_store(settings), settings.model_refresh_s)
+    # App tasks start once the worker is ready, when its partitions may already be
+    # flowing: load the stored models now, so that no batch is scored by the rules
+    # alone (and without segments) just because the worker has restarted.
+    refresher.versions = asyncio.run(_load_stored(settings, models))
+    learner = Learner(settings, catalogue.learning, refresher.store, metrics) if settings.learner else None
+    watch_learning(metrics, refresher, learner)
+    app.task(partial(keep_running, "refreshing the models", refresher.run))
+    if learner is not None:
+        app.task(partial(keep_running, "the learner", learner.run))
+
+
+def _model_store(settings: Settings) -> ModelStore:
+    assert settings.model_key is not None
+    client = aioredis.from_url(settings.redis_url)
+    return ModelStore(client, settings.model_key.encode(), prefix=settings.redis_prefix)
+
+
+async def _load_stored(settings: Settings, models: Models) -> dict[str, int]:
+    """Load the stored models into ``models``; the versions loaded (none if Redis is away)."""
+    # A client of its own: redis-py's connections belong to the event loop they were opened in.
+    loader = Refresher(models, _model_store(settings), settings.model_refresh_s)
+    try:
+        await loader.refresh()
+    except (OSError, RedisError) as exc:
+        # Not fatal: the refresher goes on trying (and logging) while the worker scores.
+        log.error("could not load the stored models (%s): the rules decide until they load", exc)
+    finally:
+        await loader.store.client.aclose()
+    return loader.versions
 
 
 def open_store(settings: Settings) -> StateStore:

@@ -38,6 +38,8 @@ from app.worker.kafka import client_options, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4
+# Unless a test says otherwise, workers and replays run the rules alone: see the file.
+RULES_ONLY = ROOT / "fixtures" / "rules-only.toml"
 # Generous: these bound how long a broken worker makes a test wait, not how fast it must be.
 TIMEOUT = 120.0
 
@@ -66,6 +68,8 @@ def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extr
         "MM_TOPIC_CONFIRMATIONS": f"confirmations-{suffix}",
         "MM_TOPIC_DLQ": f"dlq-{suffix}",
         "MM_TOPIC_REPARTITION": f"repartition-{suffix}",
+        "MM_TOPIC_TRAINING": f"training-{suffix}",
+        "MM_MOMENTS_CONFIG": str(RULES_ONLY),
         "MM_LOG_LEVEL": "info",
         # Any free port for /metrics: workers of concurrent tests (and test runs) must not collide.
         "MM_METRICS_PORT": "0",
@@ -229,6 +233,7 @@ def ticks(
     partitions: Iterable[int] | None = None,
     of: int = PARTITIONS,
     after: timedelta = timedelta(days=1),
+    tag: str = "tick",
 ) -> list[bytes]:
     """Page views by a synthetic customer per partition, ``after`` the input's last event.
 
@@ -239,14 +244,14 @@ def ticks(
     (``partitions``, of ``of``; all by default) past every pending deadline (a day is
     past any cart deadline and any quiet night, and well within how far an event may
     run ahead of the stream), so both give the same triggers, and replay's final
-    flush finds nothing.
+    flush finds nothing. ``tag`` starts their event ids: ticks of one input need one each.
     """
     at = format_time(int((last_event_time(lines) + after).timestamp() * 1000))
     customers = customers_per_partition("zz-tick", of)
     return [
         orjson.dumps(
             {
-                "event_id": f"tick-{customers[p]}-{n}",
+                "event_id": f"{tag}-{customers[p]}-{n}",
                 "customer_id": customers[p],
                 "event_type": "page_view",
                 "occurred_at": at,
@@ -289,11 +294,16 @@ def reordered(lines: Sequence[bytes], settings: Settings) -> str | None:
 # --- Kafka -------------------------------------------------------------------------------------
 
 
-def run(coro: Awaitable[Any]) -> Any:
-    """Run one coroutine to completion from a synchronous test."""
+def run(coro: Awaitable[Any], within: float = 3 * TIMEOUT) -> Any:
+    """Run one coroutine to completion from a synchronous test; fail if it hangs.
+
+    Every wait in this harness has its own deadline; this one is the backstop for an
+    await that never returns (a client stuck on a broker), so that a test fails with
+    the stuck await in its traceback instead of blocking the suite.
+    """
 
     async def main() -> Any:
-        return await coro
+        return await asyncio.wait_for(coro, within)
 
     return asyncio.run(main())
 
@@ -483,6 +493,68 @@ async def wait_for_records(bootstrap: str, topic: str, count: int, workers: Work
     raise AssertionError(f"{topic} has {seen} records after {within} s, expected at least {count}")
 
 
+# --- Redis and the command line ----------------------------------------------------------------
+
+
+async def redis_mentions(url: str, needle: str) -> list[str]:
+    """Where ``needle`` occurs in the Redis database at ``url``: in key names, and in values of every type.
+
+    Scans every key (SCAN, never KEYS), and reads strings, list items, set and sorted-set
+    members (and scores), hash fields and values, and stream entries. For tests only.
+    """
+    import redis.asyncio as aioredis
+
+    wanted = needle.encode()
+    found: list[str] = []
+    client = aioredis.Redis.from_url(url, decode_responses=False)
+    try:
+        async for key in client.scan_iter(count=1000):
+            name = key.decode(errors="replace")
+            if wanted in key:
+                found.append(f"key {name}")
+            kind = (await client.type(key)).decode()
+            parts: list[bytes] = []
+            if kind == "string":
+                parts = [await client.get(key) or b""]
+            elif kind == "list":
+                parts = await client.lrange(key, 0, -1)
+            elif kind == "set":
+                parts = list(await client.smembers(key))
+            elif kind == "zset":
+                parts = [
+                    m + b" " + str(score).encode()
+                    for m, score in await client.zrange(key, 0, -1, withscores=True)
+                ]
+            elif kind == "hash":
+                parts = [k + b" " + v for k, v in (await client.hgetall(key)).items()]
+            elif kind == "stream":
+                parts = [repr(entry).encode() for entry in await client.xrange(key)]
+            else:
+                parts = [repr(await client.dump(key)).encode()]
+            if any(wanted in part for part in parts):
+                found.append(f"{kind} value of {name}")
+    finally:
+        await client.aclose()
+    return found
+
+
+def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``micromoments ARGS`` in a subprocess with the ``MM_*`` settings ``env``; fails on a non-zero exit."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    command = " ".join(args)
+    assert done.returncode == 0, f"micromoments {command} exited with {done.returncode}:\n{done.stderr}"
+    return done
+
+
 # --- replay ------------------------------------------------------------------------------------
 
 
@@ -497,11 +569,21 @@ class Replayed:
         return {orjson.loads(t)["id"] for t in self.triggers}
 
 
-def replay(path: Path, directory: Path, config: Path | None = None) -> Replayed:
+def replay(path: Path, directory: Path, config: Path = RULES_ONLY) -> Replayed:
     """Run the ``micromoments replay`` command (its entry point, in this process) on ``path``."""
     out, errors = directory / f"{path.stem}.triggers.jsonl", directory / f"{path.stem}.errors.jsonl"
-    argv = ["replay", str(path), "--out", str(out), "--errors", str(errors), "--quiet"]
-    code = cli.main(argv + (["--config", str(config)] if config else []))
+    argv = [
+        "replay",
+        str(path),
+        "--out",
+        str(out),
+        "--errors",
+        str(errors),
+        "--quiet",
+        "--config",
+        str(config),
+    ]
+    code = cli.main(argv)
     assert code == 0, f"micromoments replay {path} exited with {code}"
     return Replayed(read_jsonl(out), [orjson.loads(line) for line in read_jsonl(errors)])
 

@@ -1,0 +1,264 @@
+"""Online learning in the streaming worker: embedded broker, redis-server, worker subprocesses.
+
+The demo day goes through in two halves. The first, through two workers at once:
+every labelled outcome they publish is learnt, exactly once, each model by one
+learner (no snapshot is ever refused for a version another learner took). Then
+both stop, and two new workers take the second half; one is killed mid-way.
+The survivor resumes every model from its snapshot (learnt counts go on from
+the first half's, not from zero), relearns what the dead one had not stored,
+and its scorers, refreshed without a restart, let the models decide triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from harness import (
+    ROOT,
+    TIMEOUT,
+    Workers,
+    create_topics,
+    event_time_ms,
+    isolated_env,
+    produce,
+    read_jsonl,
+    read_topic,
+    run,
+    settings_of,
+    ticks,
+    wait_consumed,
+    wait_for_records,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from app.learning.config import MOMENT_NAMES
+from app.learning.labels import LabelledExample
+from app.settings import Settings
+from app.state.model_store import ModelStore
+from app.worker.learning import SEGMENTS
+
+pytestmark = pytest.mark.integration
+
+DEMO = ROOT / "fixtures" / "demo" / "day.jsonl"
+KEY = "integration-test-model-signing-key-0123456789"
+MIN_EXAMPLES = 25
+MODELS = (*MOMENT_NAMES, SEGMENTS)
+_examples = msgspec.msgpack.Decoder(LabelledExample)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Any:
+    started = Workers(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def learning_env(broker: EmbeddedBroker, redis: EmbeddedRedis, tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "learning.toml"
+    # The shipped configuration (policy included), with models deciding after a few outcomes,
+    # and one moment published whatever its score: triggers to find the segment on, however
+    # few candidates the models let through.
+    config.write_text(
+        f"[learning]\nenabled = true\nmin_examples = {MIN_EXAMPLES}\n"
+        "[moments.review_seeking]\nthreshold = 0.0\n"
+    )
+    return isolated_env(
+        broker,
+        redis,
+        "learning",
+        MM_MOMENTS_CONFIG=str(config),
+        MM_MODEL_KEY=KEY,
+        MM_SNAPSHOT_EVERY="50",
+        MM_SNAPSHOT_INTERVAL_S="0.5",
+        MM_MODEL_REFRESH_S="0.5",
+    )
+
+
+def with_port(env: dict[str, str], **extra: str) -> tuple[dict[str, str], int]:
+    port = free_port()
+    return {**env, "MM_METRICS_PORT": str(port), **extra}, port
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def gauge(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> dict[str, float]:
+    return {dict(labels)["model"]: v for (n, labels), v in metrics.items() if n == name}
+
+
+# Model -> (examples learnt, version).
+Stored = dict[str, tuple[int, int]]
+
+
+async def published(settings: Settings) -> Counter[str]:
+    """Distinct labelled examples on the training topic, by model (key).
+
+    Distinct: a worker that dies between publishing a batch's examples and committing
+    its input offsets publishes them again when the batch is redone, with the same ids.
+    """
+    records = await read_topic(settings.kafka_bootstrap, settings.topic_training)
+    return Counter(key for key, _ in {(r.key.decode(), _examples.decode(r.value).id) for r in records})
+
+
+async def stored(settings: Settings) -> Stored:
+    """Model -> (examples learnt, version) as stored in Redis."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    store = ModelStore(client, KEY.encode(), prefix=settings.redis_prefix)
+    try:
+        out = {}
+        for name in MODELS:
+            loaded = await store.load(name)
+            if loaded is not None:
+                learnt, version = loaded
+                out[name] = (learnt.model.examples_seen, version)
+        return out
+    finally:
+        await client.aclose()
+
+
+async def wait_learnt(
+    settings: Settings, workers: Workers
+) -> tuple[Counter[str], dict[str, tuple[int, int]]]:
+    """Until every published example is in a stored model: the counts published, and what is stored."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        workers.check_alive()
+        expected, models = await published(settings), await stored(settings)
+        learnt = {name: examples for name, (examples, _) in models.items()}
+        if learnt == dict(expected):
+            return expected, models
+        if time.monotonic() > deadline:
+            raise AssertionError(f"published {dict(expected)}, stored {learnt}")
+        await asyncio.sleep(0.5)
+
+
+def wait_learners_assigned(settings: Settings, *started: Any) -> None:
+    """Until each of ``started`` has been given training partitions: both learners are in the group."""
+    # aiokafka logs an assignment as a table: "| <topic> | {1, 3} |"; only learners read this topic.
+    pattern = re.compile(re.escape(f"| {settings.topic_training}") + r"\s*\|\s*\{\d")
+    deadline = time.monotonic() + TIMEOUT
+    while not all(pattern.search(w.log.read_text(errors="replace")) for w in started):
+        for worker in started:
+            worker.check_alive()
+        if time.monotonic() > deadline:
+            raise AssertionError("the learners were not given partitions")
+        time.sleep(0.2)
+
+
+def trigger_ms(trigger: dict[str, Any]) -> int:
+    return int(datetime.fromisoformat(trigger["time"].replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def learning_log(worker: Any) -> list[tuple[str, int]]:
+    """(model, version) of every 'learning <model> from version <n>' line of ``worker``'s log."""
+    text = worker.log.read_text(errors="replace")
+    return [(m, int(v)) for m, v in re.findall(r"learning (\w+) from version (\d+)", text)]
+
+
+def test_outcomes_are_learnt_once_by_one_learner_per_model_across_restarts_and_a_crash(
+    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+) -> None:
+    env = learning_env(broker, redis_server, tmp_path)
+    settings = settings_of(env)
+    lines = read_jsonl(DEMO)
+    middle = (event_time_ms(lines[0]) + event_time_ms(lines[-1])) // 2
+    first = [line for line in lines if (event_time_ms(line) or 0) < middle]
+    second = [line for line in lines if (event_time_ms(line) or 0) >= middle]
+    second += ticks(lines)
+    run(create_topics(settings))
+
+    # --- first half: two workers at once ---------------------------------------------------------
+    env_a, port_a = with_port(env)
+    env_b, port_b = with_port(env)
+    a, b = workers.start(env_a), workers.start(env_b)
+    wait_learners_assigned(settings, a, b)
+    run(produce(settings, first))
+    run(wait_consumed(settings, workers))
+    counts, models = run(wait_learnt(settings, workers))
+    moments = sum(counts[m] for m in MOMENT_NAMES)
+    assert moments > 50, f"the first half should label plenty of outcomes: {dict(counts)}"
+    # Every example went to its moment's model and to the segmenter.
+    assert counts[SEGMENTS] == moments
+    assert all(version >= 1 for _, version in models.values())
+    metrics = [scrape(port_a), scrape(port_b)]
+    for m in metrics:
+        assert m[("micromoments_model_snapshots_total", (("result", "conflict"),))] == 0
+    # Each model is in one learner's hands at most, and its gauges report what is stored.
+    owners: dict[str, list[float]] = {}
+    for m in metrics:
+        for name, value in gauge(m, "micromoments_model_examples").items():
+            owners.setdefault(name, []).append(value)
+    assert owners
+    for name, values in owners.items():
+        assert values == [float(models[name][0])], (name, values)
+    # Both learners took part: the 7 models' keys fall in all 4 partitions, 2 for each learner.
+    learnt_by_a, learnt_by_b = {m for m, _ in learning_log(a)}, {m for m, _ in learning_log(b)}
+    assert learnt_by_a
+    assert learnt_by_b
+    assert not learnt_by_a & learnt_by_b, "a model learnt by both learners"
+    assert sum(m[("micromoments_training_examples_total", (("label", "positive"), ("moment", n)))]
+               + m[("micromoments_training_examples_total", (("label", "negative"), ("moment", n)))]
+               for m in metrics for n in MOMENT_NAMES) == moments  # fmt: skip
+    a.terminate()
+    b.terminate()
+
+    # --- second half: two new workers, one of them killed ----------------------------------------
+    versions = {name: version for name, (_, version) in models.items()}
+    warm = {name for name, (examples, _) in models.items() if examples >= MIN_EXAMPLES}
+    env_c, port_c = with_port(env)
+    # It never stores a snapshot on its own: all it learns dies with it.
+    env_d, _ = with_port(env, MM_SNAPSHOT_EVERY="1000000", MM_SNAPSHOT_INTERVAL_S="3600")
+    c, d = workers.start(env_c), workers.start(env_d)
+    run(produce(settings, second))
+    run(wait_for_records(settings.kafka_bootstrap, settings.topic_training, sum(counts.values()) + 20,
+                         workers, TIMEOUT))  # fmt: skip
+    d.kill()
+    run(wait_consumed(settings, workers))
+    total, models = run(wait_learnt(settings, workers))
+    assert sum(total[m] for m in MOMENT_NAMES) > moments, "the second half labels outcomes too"
+    # Resumed: learnt counts went on from the first half's snapshots, versions too.
+    resumed = dict(learning_log(c))
+    assert resumed, "the survivor learns"
+    for name, version in resumed.items():
+        assert version >= versions.get(name, 0), (name, version, versions)
+    assert any(version > 0 for version in resumed.values())
+    assert all(models[name][1] > versions.get(name, 0) for name in total if total[name] > counts[name])
+    metrics_c = scrape(port_c)
+    assert metrics_c[("micromoments_model_snapshots_total", (("result", "conflict"),))] == 0
+    # The scorers took the new versions without a restart, and the models decided.
+    scored = gauge(metrics_c, "micromoments_model_version")
+    assert all(scored[name] >= 1 for name in versions), scored
+    records = run(read_topic(broker.bootstrap, settings.topic_training))
+    examples = [_examples.decode(r.value) for r in records if r.key == SEGMENTS.encode()]
+    deciders = Counter(e.decided_by for e in examples)
+    assert deciders["model"] > 0, deciders
+    triggers = [orjson.loads(r.value) for r in run(read_topic(broker.bootstrap, settings.topic_triggers))]
+    assert any(t["data"]["decided_by"] == "model" for t in triggers), "models decided some triggers"
+    # A restarted worker scores with the stored models from its first batch: every trigger of
+    # the second half carries a segment, and those of models warmed up in the first are theirs.
+    after = [t for t in triggers if trigger_ms(t) >= middle]
+    assert after
+    assert all("segment" in t["data"] for t in after), "triggers carry the customer's segment"
+    deciders_after = Counter((t["data"]["moment"], t["data"]["decided_by"]) for t in after)
+    assert all(decider == "model" for (moment, decider) in deciders_after if moment in warm), deciders_after

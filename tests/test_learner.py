@@ -1,0 +1,120 @@
+"""The streaming learner's bookkeeping, on a real redis-server: each example is learnt once.
+
+Kafka's part (one learner per partition, handover on rebalance, a crash) is in
+``tests/integration/test_learning.py``; here the records are handed over directly.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from app.learning.config import LearningConfig
+from app.learning.features import dense
+from app.learning.labels import LabelledExample, example_id
+from app.learning.models import Models
+from app.settings import Settings
+from app.state.model_store import ModelStore
+from app.worker.learning import SEGMENTS, Learner, Refresher, training_records
+
+KEY = b"test-signing-key-of-at-least-32-bytes"
+MOMENT = "price_comparison"
+
+
+def examples(n: int, start: int = 0, *, ids: bool = True) -> list[LabelledExample]:
+    return [
+        LabelledExample(MOMENT, {"views": float(i % 5)}, i % 3 == 0, 0.5, "rules", i, False,
+                        example_id("c", MOMENT, i) if ids else 0)
+        for i in range(start, start + n)
+    ]  # fmt: skip
+
+
+def records(batch: list[LabelledExample]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in training_records(batch, segments=False) if k == MOMENT.encode()]
+
+
+def learner(client: aioredis.Redis) -> Learner:
+    return Learner(Settings(), LearningConfig(), ModelStore(client, KEY, prefix="t"))
+
+
+async def learn(who: Learner, batch: list[tuple[bytes, bytes]], first_offset: int = 0) -> None:
+    for offset, (key, value) in enumerate(batch, start=first_offset):
+        await who._learn_record(0, offset, key, value)
+
+
+async def stored_examples(client: aioredis.Redis, name: str = MOMENT) -> tuple[int, int]:
+    loaded = await ModelStore(client, KEY, prefix="t").load(name)
+    assert loaded is not None
+    learnt, version = loaded
+    return learnt.model.examples_seen, version
+
+
+async def test_records_read_again_after_a_crash_are_skipped(redis_client: aioredis.Redis) -> None:
+    topic = records(examples(15, ids=False))  # the offsets alone tell
+    first = learner(redis_client)
+    await learn(first, topic[:10])
+    await first.snapshot()  # stored, and then the worker died before committing offsets
+    assert await stored_examples(redis_client) == (10, 1)
+
+    second = learner(redis_client)  # reads from the last committed offset: the beginning
+    await learn(second, topic)
+    await second.snapshot()
+    assert await stored_examples(redis_client) == (15, 2)
+
+
+async def test_a_redone_batchs_copies_are_skipped(redis_client: aioredis.Redis) -> None:
+    batch = examples(8)
+    # The worker published the batch, failed to save it, redid it: the same examples again.
+    topic = records(batch) + records(batch) + records(examples(4, start=8))
+    who = learner(redis_client)
+    await learn(who, topic)
+    await who.snapshot()
+    assert await stored_examples(redis_client) == (12, 1)
+    # Still recognised by a learner that resumes from the snapshot.
+    again = learner(redis_client)
+    await learn(again, records(batch), first_offset=len(topic))
+    await again.snapshot()
+    assert (await stored_examples(redis_client))[0] == 12
+
+
+async def test_a_record_that_is_no_example_is_skipped(redis_client: aioredis.Redis, caplog) -> None:  # type: ignore[no-untyped-def]
+    who = learner(redis_client)
+    await who._learn_record(0, 0, MOMENT.encode(), b"\xc1 not msgpack")
+    await who._learn_record(0, 1, *records(examples(1))[0])
+    await who.snapshot()
+    assert await stored_examples(redis_client) == (1, 1)
+    assert "skipping a training record" in caplog.text
+
+
+async def test_two_learners_of_one_model_cannot_both_extend_it(redis_client: aioredis.Redis) -> None:
+    first, second = learner(redis_client), learner(redis_client)
+    topic = records(examples(6))
+    await learn(first, topic)
+    await learn(second, topic)
+    await first.snapshot()
+    await second.snapshot()  # its version 1 is taken: it drops its copy and reloads
+    assert await stored_examples(redis_client) == (6, 1)
+    assert second.quality() == {}
+
+
+async def test_scorers_pick_up_new_versions(redis_client: aioredis.Redis) -> None:
+    config = LearningConfig(min_examples=5)
+    models = Models(config)
+    refresher = Refresher(models, ModelStore(redis_client, KEY, prefix="t"), every=1.0)
+    await refresher.refresh()
+    assert refresher.versions == {}
+    assert models.moments[MOMENT].examples_seen == 0
+
+    who = Learner(Settings(), config, ModelStore(redis_client, KEY, prefix="t"))
+    batch = examples(6)
+    for offset, (key, value) in enumerate(training_records(batch, segments=True)):
+        await who._learn_record(0, offset, key, value)
+    await who.snapshot()
+    await refresher.refresh()
+    assert refresher.versions == {MOMENT: 1, SEGMENTS: 1}
+    assert models.moments[MOMENT].examples_seen == 6
+    x = dense(batch[0].features)
+    assert models.score(MOMENT, x) is not None
+    assert models.segment(x) is not None
+    # Nothing newer: nothing loaded.
+    await refresher.refresh()
+    assert refresher.versions == {MOMENT: 1, SEGMENTS: 1}
