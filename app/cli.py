@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import orjson
 
 from app import __version__
@@ -69,6 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--quiet", action="store_true", help="no summary on stderr")
     rp.set_defaults(run=_replay)
+
+    _analysis(
+        commands,
+        "report",
+        _report,
+        help="replay event files and report triggers, holdouts and each moment's lift",
+        description="Replay the files (as `replay` does, in memory) and report per moment: triggers"
+        " published, candidates not triggered by reason, detections held out, and the outcome rate of"
+        " treated (published) and held-out detections, with the lift and its 95% confidence interval.",
+    )
+    _analysis(
+        commands,
+        "evaluate",
+        _evaluate,
+        help="replay event files with learning and with rules alone, and compare them per moment",
+        description="Per moment: candidates, the base rate of their outcome, and for the learnt models"
+        " and the rules alone: triggers, precision (share followed by the outcome within the horizon)"
+        " and ROC AUC. Triggers here are detections, before the engagement policy.",
+    )
 
     gn = commands.add_parser(
         "generate",
@@ -151,6 +172,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(args: argparse.Namespace) -> int:
+    from app.report import report
+
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"micromoments report: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    result = asyncio.run(report(args.files, load_catalogue(args.config)))
+    if args.json:
+        sys.stdout.buffer.write(result.to_json())
+    else:
+        print(result.render())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.evaluation import evaluate
+
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"micromoments evaluate: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    catalogue = load_catalogue(args.config)
+    if not catalogue.learning.enabled:
+        print("micromoments evaluate: learning is disabled in this configuration", file=sys.stderr)
+        return 2
+    result = asyncio.run(evaluate(args.files, catalogue))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(msgspec.to_builtins(result)) + b"\n")
+    else:
+        print(result.render())
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     generator = TrafficGenerator(
         seed=args.seed, customers=args.customers, events_per_second=args.rate, start=args.start
@@ -224,6 +279,17 @@ def _settings(args: argparse.Namespace) -> int:
     for name, value in describe(load_settings()).items():
         print(f"{name}={'' if value is None else value}")
     return 0
+
+
+def _analysis(
+    commands: Any, name: str, run: Callable[[argparse.Namespace], int], *, help: str, description: str
+) -> None:
+    """A command that replays event files in memory and prints an analysis of them."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.add_argument("files", nargs="+", type=Path, metavar="FILE.jsonl")
+    command.add_argument("--config", type=Path, help="moment configuration (TOML) merged over the defaults")
+    command.add_argument("--json", action="store_true", help="print the result as JSON")
+    command.set_defaults(run=run)
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -110,8 +110,10 @@ class Policy:
             return HOLD_OUT
         cfg = self.config
         now = detection.ts
-        sent = [t for t in state.sent if now - DAY < t <= now]
-        if cfg.max_per_day and len(sent) >= cfg.max_per_day:
+        # Sends after ``now`` stay: a late event or a passed cart deadline can be judged
+        # after triggers of later event time.
+        sent = [t for t in state.sent if now - DAY < t]
+        if cfg.max_per_day and _over_cap(sent, now, cfg.max_per_day):
             state.sent = sent
             return Judgement(Verdict.SUPPRESS, "frequency_cap")
         release_at = self._quiet_until(now, state.timezone)
@@ -201,6 +203,13 @@ class Policy:
         # Wall-clock end of the period in the customer's zone (daylight saving included).
         release = datetime.combine(release_day, end, tzinfo=zone)
         return int(release.timestamp() * 1000)
+
+
+def _over_cap(sent: list[int], now: int, cap: int) -> bool:
+    """Whether one more trigger at ``now`` would put more than ``cap`` in some 24 hours."""
+    # The periods (end - DAY, end] that hold ``now`` and end at ``now`` or at a later send.
+    ends = [now, *(t for t in sent if now < t < now + DAY)]
+    return any(sum(end - DAY < t <= end for t in sent) >= cap for end in ends)
 
 
 def _clock(text: str) -> time:

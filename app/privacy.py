@@ -3,19 +3,42 @@
 The worker handles ``forget`` requests from the privacy topic in order with the
 customer's own events (see ``StreamProcessor``) and confirms each on the
 confirmations topic. :func:`erase_now` is for when no worker runs.
+
+Logs name customers through :func:`redact`: a short stable hash, not the id,
+unless debug logging is explicitly on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Final
 
 import orjson
 
 from app.settings import Settings
-from app.state.redis import RedisStateStore
 from app.triggers import format_time
-from app.worker.feed import new_producer
+
+REDACTED: Final = "c#"
+_APP_LOG: Final = logging.getLogger("app")
+
+
+def redact(customer_id: str) -> str:
+    """How logs name a customer: ``c#`` and the first 8 hex digits of the id's SHA-256.
+
+    Stable across workers and restarts, so one customer's log lines can be followed,
+    without the id itself. Only when the ``app`` logger is explicitly at DEBUG
+    (``MM_LOG_LEVEL=debug``) is the id logged as it is. A pseudonym, not anonymity:
+    whoever can list candidate ids can hash them and compare.
+
+    >>> redact("cust-000257")
+    'c#623572ff'
+    """
+    if _APP_LOG.isEnabledFor(logging.DEBUG):
+        return customer_id
+    return REDACTED + hashlib.sha256(customer_id.encode()).hexdigest()[:8]
 
 
 async def request_forget(settings: Settings, customer: str, *, request_id: str | None = None) -> str:
@@ -28,6 +51,8 @@ async def request_forget(settings: Settings, customer: str, *, request_id: str |
         "occurred_at": format_time(int(datetime.now(UTC).timestamp() * 1000)),
         **({"request_id": request_id} if request_id else {}),
     }
+    from app.worker.feed import new_producer  # aiokafka only when sending
+
     producer = new_producer(settings)
     await producer.start()
     try:
@@ -39,6 +64,8 @@ async def request_forget(settings: Settings, customer: str, *, request_id: str |
 
 async def erase_now(settings: Settings, customer: str) -> bool:
     """Erase ``customer`` from Redis directly; True if anything was held."""
+    from app.state.redis import RedisStateStore  # the Redis client only when erasing
+
     store = RedisStateStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
     try:
         return await store.forget(customer)

@@ -58,6 +58,9 @@ MANIFEST: dict[str, dict[str, Any]] = tomllib.loads((SCENARIOS / "manifest.toml"
 NAMES = sorted(MANIFEST)
 MOMENTS = [moment.name for moment in MOMENT_TYPES]
 KEYS = {"description", "fires", "silent", "cart_deadline", "late", "duplicates", "rejected"}
+KEYS |= {"held_out", "suppressed", "deferred"}
+# Why the detector itself lets a candidate go; every other reason is the engagement policy's.
+DETECTOR_REASONS = {"below_threshold", "cooldown"}
 FIRES = re.compile(r"(?P<moment>[a-z_]+)(?::(?P<count>[1-9][0-9]*))?\Z")
 
 DETECTION_ONLY = SCENARIOS / "detection-only.toml"
@@ -180,6 +183,24 @@ def test_manifest_entry_is_well_formed(name: str) -> None:
         f"{name}: say what passes the cart deadline (cart_deadline) exactly when cart_abandonment fires"
     )
     assert entry.get("cart_deadline", "flush") in {"flush", "watermark"}, name
+    held_out = held_out_counts(name)
+    assert held_out.keys() <= set(MOMENTS), f"{name}: held_out names an unknown moment"
+    assert len(held_out) == len(entry.get("held_out", [])), f"{name}: held_out lists a moment twice"
+    suppressed = entry.get("suppressed", {})
+    assert all(isinstance(n, int) and n > 0 for n in suppressed.values()), name
+    assert not suppressed.keys() & DETECTOR_REASONS, f"{name}: suppressed counts the policy's reasons only"
+    assert isinstance(entry.get("deferred", 0), int), name
+
+
+def held_out_counts(name: str) -> dict[str, int]:
+    """``held_out`` as moment -> exact count."""
+    found = {}
+    for spec in MANIFEST[name].get("held_out", []):
+        match = FIRES.match(spec)
+        assert match, f"{name}: held_out entry {spec!r} is not 'moment:N'"
+        assert match["count"], f"{name}: held_out entry {spec!r} needs a count"
+        found[match["moment"]] = int(match["count"])
+    return found
 
 
 # (a) replaying each scenario gives exactly the golden bytes
@@ -250,6 +271,21 @@ def test_cart_deadlines_pass_the_way_the_manifest_says(name: str) -> None:
         assert without_flush == expected, f"{name}: the deadline should pass before the input ends"
     else:
         assert without_flush == 0, f"{name}: nothing in the input should pass the deadline; only the flush"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_engagement_policy_acts_as_the_manifest_says(name: str) -> None:
+    """Held out, suppressed by reason and deferred, exactly; none of it in detection-only scenarios."""
+    entry = MANIFEST[name]
+    summary = replayed(name).summary
+    intent = f"{name} ({entry['description']})"
+    assert dict(summary.held_out) == held_out_counts(name), f"{intent}: held out"
+    by_reason: Counter[str] = Counter()
+    for (_, reason), n in summary.suppressed.items():
+        if reason not in DETECTOR_REASONS:
+            by_reason[reason] += n
+    assert dict(by_reason) == entry.get("suppressed", {}), f"{intent}: suppressed by the policy"
+    assert summary.deferred == entry.get("deferred", 0), f"{intent}: deferred by quiet hours"
 
 
 # (c) bad lines: the reported problems are the ones the manifest lists

@@ -27,24 +27,40 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.exceptions import Unresolvable
 
-from app.config import load_catalogue
+from app.config import Catalogue, load_catalogue
+from app.confirmations import CONFIRMATION_TYPE, ERASED, confirmation
 from app.decoding import MAX_EVENT_BYTES, MAX_YEAR, MIN_YEAR, Reason, Rejection, decode_event
 from app.detection import Decider, Detection
 from app.detector import Detector
 from app.events import (
     CLICKSTREAM_TYPES,
+    CONSENT_TYPES,
     EVENT_TYPES,
+    PRIVACY_TYPES,
     PURCHASE_TYPES,
     SEARCH_TYPES,
     ClickstreamEvent,
+    ConsentEvent,
+    ForgetRequest,
     Item,
     PurchaseEvent,
     SearchEvent,
+    SuppressionEvent,
 )
 from app.journey import Stage
+from app.pipeline import Pipeline
+from app.policy import sha256_hex
 from app.replay import replay
 from app.settings import load_settings
-from app.triggers import CONTENT_TYPE, DATA_CONTENT_TYPE, SPEC_VERSION, to_cloudevent, trigger_type
+from app.state.memory import MemoryStateStore
+from app.triggers import (
+    CONTENT_TYPE,
+    DATA_CONTENT_TYPE,
+    SPEC_VERSION,
+    TriggerWriter,
+    to_cloudevent,
+    trigger_type,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -52,8 +68,17 @@ SCHEMAS = ROOT / "schemas"
 DETECTION_ONLY = ROOT / "fixtures" / "scenarios" / "detection-only.toml"
 BASE = "https://schemas.micromoments.dev/"
 SCHEMA_FILES = sorted(p.name for p in SCHEMAS.glob("*.json"))
-EVENT_SCHEMA_FILES = ("clickstream-event.v1.json", "search-event.v1.json", "purchase-event.v1.json")
+# Each kind of input event, its schema file and its event types.
+KIND_SCHEMAS = {
+    "clickstream": "clickstream-event.v1.json",
+    "search": "search-event.v1.json",
+    "purchase": "purchase-event.v1.json",
+    "consent": "consent-event.v1.json",
+    "privacy": "privacy-request.v1.json",
+}
+EVENT_SCHEMA_FILES = tuple(KIND_SCHEMAS.values())
 TRIGGER_SCHEMA_FILE = "micromoment-trigger.v1.json"
+CONFIRMATION_SCHEMA_FILE = "privacy-confirmation.v1.json"
 COMMON = BASE + "common.v1.json"
 
 
@@ -75,13 +100,16 @@ def validator(schema: dict[str, Any] | str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=REGISTRY)
 
 
-EVENT_VALIDATORS = {
-    "clickstream": validator("clickstream-event.v1.json"),
-    "search": validator("search-event.v1.json"),
-    "purchase": validator("purchase-event.v1.json"),
-}
+EVENT_VALIDATORS = {kind: validator(name) for kind, name in KIND_SCHEMAS.items()}
 TRIGGER_VALIDATOR = validator(TRIGGER_SCHEMA_FILE)
-KINDS = {"clickstream": CLICKSTREAM_TYPES, "search": SEARCH_TYPES, "purchase": PURCHASE_TYPES}
+CONFIRMATION_VALIDATOR = validator(CONFIRMATION_SCHEMA_FILE)
+KINDS = {
+    "clickstream": CLICKSTREAM_TYPES,
+    "search": SEARCH_TYPES,
+    "purchase": PURCHASE_TYPES,
+    "consent": CONSENT_TYPES,
+    "privacy": PRIVACY_TYPES,
+}
 
 
 def common_def(name: str) -> Draft202012Validator:
@@ -92,7 +120,7 @@ def schema_accepts(instance: Any) -> bool:
     """Valid against one of the event schemas (their ``event_type`` enums are disjoint).
 
     A known ``event_type`` goes straight to its kind's schema (the others reject it by their
-    enums); anything else is tried against all three.
+    enums); anything else is tried against all of them.
     """
     kind = _kind_of(instance)
     validators = [EVENT_VALIDATORS[kind]] if kind is not None else EVENT_VALIDATORS.values()
@@ -177,7 +205,12 @@ def expected_decoder_verdict(instance: Any) -> bool:
 
 
 def test_schema_directory_holds_the_contract() -> None:
-    assert set(SCHEMA_FILES) == {"common.v1.json", *EVENT_SCHEMA_FILES, TRIGGER_SCHEMA_FILE}
+    assert set(SCHEMA_FILES) == {
+        "common.v1.json",
+        *EVENT_SCHEMA_FILES,
+        TRIGGER_SCHEMA_FILE,
+        CONFIRMATION_SCHEMA_FILE,
+    }
     assert (SCHEMAS / "README.md").is_file()
 
 
@@ -235,7 +268,7 @@ def test_every_property_and_definition_is_described(name: str) -> None:
     assert not undescribed
 
 
-@pytest.mark.parametrize("name", [*EVENT_SCHEMA_FILES, TRIGGER_SCHEMA_FILE])
+@pytest.mark.parametrize("name", [*EVENT_SCHEMA_FILES, TRIGGER_SCHEMA_FILE, CONFIRMATION_SCHEMA_FILE])
 def test_examples_validate(name: str) -> None:
     examples = DOCS[name]["examples"]
     assert len(examples) >= 2
@@ -261,12 +294,21 @@ def test_event_schemas_accept_unknown_fields(name: str) -> None:
 
 
 def test_event_type_enums_match_the_code() -> None:
-    enums = {
-        kind: set(DOCS[f"{kind}-event.v1.json"]["properties"]["event_type"]["enum"])
-        for kind in ("clickstream", "search", "purchase")
-    }
-    assert enums == {"clickstream": CLICKSTREAM_TYPES, "search": SEARCH_TYPES, "purchase": PURCHASE_TYPES}
+    enums = {kind: set(DOCS[name]["properties"]["event_type"]["enum"]) for kind, name in KIND_SCHEMAS.items()}
+    assert enums == KINDS
     assert set().union(*enums.values()) == EVENT_TYPES
+
+
+def test_consent_schema_applies_each_types_fields() -> None:
+    """``consent`` and ``suppression`` share a file: each type's own fields apply to it alone."""
+    doc = DOCS["consent-event.v1.json"]
+    rules = {
+        rule["if"]["properties"]["event_type"]["const"]: rule["then"]["$ref"]
+        for rule in doc["allOf"]
+        if "if" in rule
+    }
+    assert rules == {t: f"#/$defs/{t}" for t in CONSENT_TYPES}
+    assert all("event_type" in rule["if"]["required"] for rule in doc["allOf"] if "if" in rule)
 
 
 def _resolve(node: dict[str, Any], base: str) -> tuple[dict[str, Any], bool]:
@@ -342,6 +384,10 @@ def _schema_constraints(prop: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Structs whose fields a schema shared by several types keeps in ``$defs/<event_type>``.
+OWN_FIELDS = {ConsentEvent: "consent", SuppressionEvent: "suppression"}
+
+
 def _struct_schema(struct: type[msgspec.Struct], name: str) -> tuple[dict[str, tuple[Any, str]], set[str]]:
     """Properties (envelope merged in, each with its base URI) and required names of ``struct``'s schema."""
     doc = DOCS[name]
@@ -351,7 +397,12 @@ def _struct_schema(struct: type[msgspec.Struct], name: str) -> tuple[dict[str, t
     envelope = DOCS["common.v1.json"]["$defs"]["envelope"]
     props = {k: (v, COMMON) for k, v in envelope["properties"].items()}
     props |= {k: (v, doc["$id"]) for k, v in doc["properties"].items()}
-    return props, set(doc["required"]) | set(envelope["required"])
+    required = set(doc["required"]) | set(envelope["required"])
+    if struct in OWN_FIELDS:
+        own = doc["$defs"][OWN_FIELDS[struct]]
+        props |= {k: (v, doc["$id"]) for k, v in own["properties"].items()}
+        required |= set(own["required"])
+    return props, required
 
 
 @pytest.mark.parametrize(
@@ -361,6 +412,9 @@ def _struct_schema(struct: type[msgspec.Struct], name: str) -> tuple[dict[str, t
         (SearchEvent, "search-event.v1.json"),
         (PurchaseEvent, "purchase-event.v1.json"),
         (Item, "purchase-event.v1.json"),
+        (ConsentEvent, "consent-event.v1.json"),
+        (SuppressionEvent, "consent-event.v1.json"),
+        (ForgetRequest, "privacy-request.v1.json"),
     ],
 )
 def test_fields_match_the_structs(struct: type[msgspec.Struct], name: str) -> None:
@@ -384,6 +438,10 @@ def test_fields_match_the_structs(struct: type[msgspec.Struct], name: str) -> No
         if isinstance(code_type, mi.ListType):
             assert flat["type"] == "array"
             assert flat.get("maxItems") == code_type.max_length, field_name
+            continue
+        if isinstance(code_type, mi.LiteralType):
+            assert set(flat) == {"enum"}, field_name
+            assert sorted(flat["enum"]) == sorted(code_type.values), field_name
             continue
         code = _constraints(code_type)
         if field_name in CHARACTER_RULES:  # checked by the structs' __post_init__, not msgspec
@@ -675,6 +733,46 @@ VALID = {
         "items": [{"product_id": "p"}] * 100,
     },
     "refund": {**_E, "event_type": "refund", "order_id": "o-1", "items": []},
+    "consent granted": {**_E, "event_type": "consent", "status": "granted", "purpose": "marketing"},
+    "consent revoked, full envelope": {
+        **_E,
+        "event_type": "consent",
+        "status": "revoked",
+        "purpose": "p" * 64,
+        "session_id": "s-1",
+        "channel": "email",
+        "timezone": "Europe/Paris",
+    },
+    "consent with the other type's fields": {
+        **_E,
+        "event_type": "consent",
+        "status": "granted",
+        "purpose": "marketing",
+        "action": "delete everything",
+        "reason": 7,
+    },
+    "suppression add": {**_E, "event_type": "suppression", "action": "add", "reason": "complaint"},
+    "suppression remove, null reason": {
+        **_E,
+        "event_type": "suppression",
+        "action": "remove",
+        "reason": None,
+    },
+    "suppression with the other type's fields": {
+        **_E,
+        "event_type": "suppression",
+        "action": "add",
+        "status": "maybe",
+        "purpose": None,
+    },
+    "forget minimal": {**_E, "event_type": "forget"},
+    "forget with request_id": {**_E, "event_type": "forget", "request_id": "DSR-2026-0042"},
+    "forget request_id at its limit, null session": {
+        **_E,
+        "event_type": "forget",
+        "request_id": "r" * 128,
+        "session_id": None,
+    },
 }
 VALID |= {f"type {t}": {**_E, "event_type": t} for t in sorted(CLICKSTREAM_TYPES)}
 
@@ -837,7 +935,61 @@ INVALID: dict[str, tuple[Any, Reason]] = {
         {**_E, "event_type": "page_view", "occurred_at": "2101-01-01T00:00:00+01:00"},
         Reason.TIMESTAMP_OUT_OF_RANGE,
     ),
+    "consent without status": (
+        {**_E, "event_type": "consent", "purpose": "marketing"},
+        Reason.MISSING_FIELD,
+    ),
+    "consent without purpose": ({**_E, "event_type": "consent", "status": "granted"}, Reason.MISSING_FIELD),
+    "consent status unknown": (
+        {**_E, "event_type": "consent", "status": "maybe", "purpose": "marketing"},
+        Reason.INVALID_VALUE,
+    ),
+    "consent status upper-case": (
+        {**_E, "event_type": "consent", "status": "GRANTED", "purpose": "marketing"},
+        Reason.INVALID_VALUE,
+    ),
+    "consent status null": (
+        {**_E, "event_type": "consent", "status": None, "purpose": "marketing"},
+        Reason.WRONG_TYPE,
+    ),
+    "consent status a boolean": (
+        {**_E, "event_type": "consent", "status": True, "purpose": "marketing"},
+        Reason.WRONG_TYPE,
+    ),
+    "consent purpose empty": (
+        {**_E, "event_type": "consent", "status": "granted", "purpose": ""},
+        Reason.INVALID_VALUE,
+    ),
+    "consent purpose too long": (
+        {**_E, "event_type": "consent", "status": "granted", "purpose": "p" * 65},
+        Reason.FIELD_TOO_LONG,
+    ),
+    "suppression without action": ({**_E, "event_type": "suppression"}, Reason.MISSING_FIELD),
+    "suppression action unknown": (
+        {**_E, "event_type": "suppression", "action": "delete"},
+        Reason.INVALID_VALUE,
+    ),
+    "suppression reason a number": (
+        {**_E, "event_type": "suppression", "action": "add", "reason": 3},
+        Reason.WRONG_TYPE,
+    ),
+    "consent customer_id with a space": (
+        {**_E, "event_type": "consent", "status": "revoked", "purpose": "marketing", "customer_id": "c 1"},
+        Reason.INVALID_VALUE,
+    ),
+    "forget request_id empty": ({**_E, "event_type": "forget", "request_id": ""}, Reason.INVALID_VALUE),
+    "forget request_id too long": (
+        {**_E, "event_type": "forget", "request_id": "r" * 129},
+        Reason.FIELD_TOO_LONG,
+    ),
+    "forget request_id a number": ({**_E, "event_type": "forget", "request_id": 42}, Reason.WRONG_TYPE),
+    "forget without customer_id": (
+        {"event_id": "e", "event_type": "forget", "occurred_at": _E["occurred_at"]},
+        Reason.MISSING_FIELD,
+    ),
+    "forget bad timestamp": ({**_E, "event_type": "forget", "occurred_at": "tomorrow"}, Reason.BAD_TIMESTAMP),
     "unknown event_type": ({**_E, "event_type": "click"}, Reason.UNKNOWN_EVENT_TYPE),
+    "consent_granted is not a type": ({**_E, "event_type": "consent_granted"}, Reason.UNKNOWN_EVENT_TYPE),
     "event_type wrong case": ({**_E, "event_type": "PAGE_VIEW"}, Reason.UNKNOWN_EVENT_TYPE),
     "JSON array": ([_E], Reason.NOT_OBJECT),
     "JSON string": ("page_view", Reason.NOT_OBJECT),
@@ -885,6 +1037,9 @@ def test_invalid_events_are_otherwise_valid() -> None:
         "customer_id trailing newline": {"customer_id": "cust-1"},
         "timestamp without offset": {"occurred_at": "2026-11-25T10:00:00Z"},
         "year 2101": {"occurred_at": "2100-01-01T00:00:00+01:00"},
+        "consent status unknown": {"status": "revoked"},
+        "suppression without action": {"action": "remove"},
+        "forget request_id too long": {"request_id": "r" * 128},
     }
     for name, fix in fixes.items():
         fixed = {**INVALID[name][0], **fix}
@@ -1017,6 +1172,11 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "order_id": valid_ids,
     "items": valid_items,
     "total": st.none() | valid_amounts,
+    "status": st.sampled_from(["granted", "revoked"]),
+    "purpose": valid_tokens,
+    "action": st.sampled_from(["add", "remove"]),
+    "reason": st.none() | valid_tokens,
+    "request_id": st.none() | valid_tokens,
 }
 KIND_FIELDS = {
     "clickstream": (
@@ -1032,13 +1192,29 @@ KIND_FIELDS = {
     ),
     "search": ("query", "results_count", "filters", "sort"),
     "purchase": ("order_id", "items", "total", "currency"),
+    "consent": ("status", "purpose"),
+    "suppression": ("action", "reason"),
+    "privacy": ("request_id",),
 }
 COMMON_FIELDS = ("event_id", "customer_id", "occurred_at", "session_id", "channel", "device", "timezone")
 KIND_TYPES = {
     "clickstream": sorted(CLICKSTREAM_TYPES),
     "search": sorted(SEARCH_TYPES),
     "purchase": sorted(PURCHASE_TYPES),
+    "consent": ["consent"],
+    "suppression": ["suppression"],
+    "privacy": sorted(PRIVACY_TYPES),
 }
+REQUIRED_FIELDS = (
+    "event_id",
+    "customer_id",
+    "occurred_at",
+    "query",
+    "order_id",
+    "status",
+    "purpose",
+    "action",
+)
 
 
 def _without_none(t: mi.Type) -> mi.Type:
@@ -1070,6 +1246,10 @@ def edges(t: mi.Type) -> st.SearchStrategy[Any]:
         return st.sampled_from([t.max_length, t.max_length + 1]).map(lambda n: {f"k{i}": i for i in range(n)})
     if isinstance(t, mi.DateTimeType):
         return timestamps
+    if isinstance(t, mi.LiteralType):
+        values = [str(v) for v in t.values]
+        near = [v.upper() for v in values] + [v + " " for v in values] + ["", "yes"]
+        return st.sampled_from([*values, *near])
     raise AssertionError(t)
 
 
@@ -1092,7 +1272,9 @@ def with_one_odd_char(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 FIELD_TYPES = {
-    f.name: f.type for s in (ClickstreamEvent, SearchEvent, PurchaseEvent) for f in mi.type_info(s).fields
+    f.name: f.type
+    for s in (ClickstreamEvent, SearchEvent, PurchaseEvent, ConsentEvent, SuppressionEvent, ForgetRequest)
+    for f in mi.type_info(s).fields
 }
 ITEM_TYPES = {f.name: f.type for f in mi.type_info(Item).fields}
 VALID_ITEM_FIELDS = {
@@ -1147,7 +1329,7 @@ def event_like(draw: st.DrawFn) -> Any:
     kind = draw(st.sampled_from(sorted(KIND_FIELDS)))
     obj: dict[str, Any] = {"event_type": draw(st.sampled_from(KIND_TYPES[kind]))}
     for name in COMMON_FIELDS + KIND_FIELDS[kind]:
-        required = name in ("event_id", "customer_id", "occurred_at", "query", "order_id")
+        required = name in REQUIRED_FIELDS
         if required or draw(st.booleans()):
             obj[name] = draw(VALID_FIELDS[name])
     own = sorted({*COMMON_FIELDS, "event_type", *KIND_FIELDS[kind]})
@@ -1259,14 +1441,25 @@ TRIGGER_EVENTS = [
 ]
 
 
-def _replay(events: list[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
+def _replay(
+    events: list[dict[str, Any]],
+    tmp: Path,
+    catalogue: Catalogue | None = None,
+    held_out: io.BytesIO | None = None,
+) -> list[dict[str, Any]]:
+    """The triggers of a replay of ``events``; detection only unless ``catalogue`` says otherwise."""
     path = tmp / "events.jsonl"
     path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     out = io.BytesIO()
     problems: list[Any] = []
     summary = asyncio.run(
         replay(
-            [path], load_catalogue(DETECTION_ONLY), out=out, on_problem=problems.append, show_progress=False
+            [path],
+            catalogue or load_catalogue(DETECTION_ONLY),
+            out=out,
+            on_problem=problems.append,
+            show_progress=False,
+            held_out=held_out,
         )
     )
     assert not problems
@@ -1313,9 +1506,18 @@ def test_demo_fixture_validates_end_to_end(tmp_path: Path) -> None:
     if not fixture.is_file():
         pytest.skip("no demo fixture")
     events = [orjson.loads(line) for line in fixture.read_bytes().splitlines() if line.strip()]
+    assert {e["event_type"] for e in events} & CONSENT_TYPES  # the policy's input is in the contract too
     for event in events:
         assert schema_accepts(event), event
     for trigger in _replay(events, tmp_path):
+        assert TRIGGER_VALIDATOR.is_valid(trigger), trigger
+    # With the shipped policy: the triggers and the holdout records are the same contract.
+    held_out = io.BytesIO()
+    published = _replay(events, tmp_path, load_catalogue(), held_out)
+    recorded = [orjson.loads(line) for line in held_out.getvalue().splitlines()]
+    assert published
+    assert recorded
+    for trigger in published + recorded:
         assert TRIGGER_VALIDATOR.is_valid(trigger), trigger
 
 
@@ -1452,6 +1654,82 @@ def test_trigger_ids_are_deterministic(tmp_path: Path, triggers: list[dict[str, 
     assert len({t["id"] for t in triggers}) == len(triggers)
 
 
+def test_triggers_with_hashed_customer_ids_validate(tmp_path: Path, triggers: list[dict[str, Any]]) -> None:
+    policy = {"hash_customer_ids": True, "customer_id_salt": "s3cret"}
+    hashed = _replay(TRIGGER_EVENTS, tmp_path, load_catalogue(DETECTION_ONLY, overrides={"policy": policy}))
+    assert len(hashed) == len(triggers)
+    for trigger in hashed:
+        assert re.fullmatch(r"[0-9a-f]{64}", trigger["subject"]), trigger["subject"]
+        assert trigger["data"]["customer_id"] == trigger["subject"]
+        assert TRIGGER_VALIDATOR.is_valid(trigger), trigger
+    customers = {e["customer_id"] for e in TRIGGER_EVENTS}
+    assert {t["subject"] for t in hashed} <= {sha256_hex("s3cret" + c) for c in customers}
+
+
+def _forget_request(**fields: Any) -> ForgetRequest:
+    request = decode_event(orjson.dumps({**_E, "event_type": "forget", **fields}))
+    assert isinstance(request, ForgetRequest)
+    return request
+
+
+def test_confirmation_schema_matches_the_code() -> None:
+    schema = DOCS[CONFIRMATION_SCHEMA_FILE]
+    assert schema["properties"]["type"]["const"] == CONFIRMATION_TYPE
+    assert schema["properties"]["specversion"]["const"] == SPEC_VERSION
+    assert schema["properties"]["datacontenttype"]["const"] == DATA_CONTENT_TYPE
+    erased = schema["$defs"]["data"]["properties"]["erased"]["description"]
+    assert re.findall(r"`([a-z_]+)`", erased) == list(ERASED)
+    for request in (_forget_request(), _forget_request(request_id="DSR 42 \u00e9")):
+        for subject in (request.customer_id, sha256_hex("salt" + request.customer_id)):
+            event = confirmation(request, source="urn:micromoments:detector", subject=subject)
+            assert set(schema["required"]) == set(event)
+            assert set(schema["$defs"]["data"]["required"]) == set(event["data"])
+            errors = [e.message for e in CONFIRMATION_VALIDATOR.iter_errors(event)]
+            assert not errors, event
+
+
+def test_confirmations_of_the_pipelines_erasures_validate() -> None:
+    """A forget request through the real pipeline, confirmed as the worker does, hashed ids on."""
+    catalogue = load_catalogue(DETECTION_ONLY, overrides={"policy": {"hash_customer_ids": True}})
+    detector = Detector(catalogue)
+    writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
+    events = [
+        decode_event(orjson.dumps(VALID["consent granted"])),
+        decode_event(orjson.dumps({**VALID["forget with request_id"], "event_id": "e-2"})),
+    ]
+
+    async def forgotten() -> list[ForgetRequest]:
+        pipeline = Pipeline(detector, MemoryStateStore())
+        batch = await pipeline.run({"s": [e for e in events if not isinstance(e, Rejection)]})
+        await pipeline.commit(batch)
+        return batch.forgotten
+
+    (request,) = asyncio.run(forgotten())
+    event = confirmation(request, source=writer.source, subject=writer.subject(request.customer_id))
+    assert event["subject"] == sha256_hex(request.customer_id)
+    assert event["data"]["request_id"] == "DSR-2026-0042"
+    assert CONFIRMATION_VALIDATOR.is_valid(event), event
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("type", "micromoments.privacy.forgotten.v2"),
+        ("id", "not-a-uuid"),
+        ("time", "2026-11-25T10:00:00Z"),
+        ("subject", "has space"),
+        ("data.erased", []),
+        ("data.request_id", 42),
+        ("data.request_event_id", _DELETE),
+        ("data", _DELETE),
+    ],
+)
+def test_broken_confirmations_are_rejected(path: str, value: Any) -> None:
+    event = confirmation(_forget_request(), source="urn:micromoments:detector", subject="cust-1")
+    assert CONFIRMATION_VALIDATOR.is_valid(event)
+    assert not CONFIRMATION_VALIDATOR.is_valid(_mutated(event, path, value))
+
+
 def test_trigger_times_are_utc_milliseconds(triggers: list[dict[str, Any]]) -> None:
     for trigger in triggers:
         data = trigger["data"]
@@ -1478,7 +1756,8 @@ def test_readme_example_trigger_validates() -> None:
 def test_readme_names_the_real_topics_reasons_and_moments() -> None:
     settings = load_settings({})
     topics = [settings.topic_clickstream, settings.topic_search, settings.topic_purchase]
-    topics += [settings.topic_triggers, settings.topic_dlq]
+    topics += [settings.topic_consent, settings.topic_privacy, settings.topic_triggers]
+    topics += [settings.topic_holdout, settings.topic_confirmations, settings.topic_dlq]
     for name in [*topics, *(r.value for r in Reason), *Detector(load_catalogue()).moments, CONTENT_TYPE]:
         assert f"`{name}`" in README, name
 
