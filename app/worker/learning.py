@@ -50,6 +50,9 @@ SEGMENTS: Final = "segments"
 # Ids of the last examples learnt, kept per model to skip a redone batch's copies: a
 # worker redoes at most a few batches of examples, far fewer than this.
 RECENT_IDS: Final = 8192
+# Examples learnt between two returns to the event loop: learning is CPU work on the
+# detector's loop, so a backlog must not hold its batches up (about 10 ms at a time).
+LEARN_AT_ONCE: Final = 64
 FIRST_RESTART_S: Final = 1.0
 LAST_RESTART_S: Final = 30.0
 _encoder = msgspec.msgpack.Encoder()
@@ -128,7 +131,7 @@ class Learner:
         await consumer.start()
         try:
             while True:
-                fetched = await consumer.getmany(timeout_ms=1000)
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=LEARN_AT_ONCE)
                 async with self._busy:
                     assigned = consumer.assignment()
                     for tp, records in fetched.items():
