@@ -155,6 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     wk.set_defaults(run=_worker)
 
+    ln = commands.add_parser(
+        "learner",
+        help="run a learner alone: learn the models from the training topic, no detection",
+        description="Consume the training topic in the group <MM_GROUP_ID>.learner and store signed model"
+        " snapshots in Redis, so that workers run with MM_LEARNER=false only score. Needs MM_MODEL_KEY and"
+        " Redis (MM_REDIS_URL); serves /metrics, /livez and /readyz like the worker. On SIGINT/SIGTERM it"
+        " stores what it has learnt, leaves the group and exits.",
+    )
+    ln.set_defaults(run=_learner)
+
     fg = commands.add_parser(
         "forget",
         help="erase everything held about a customer (the right to be forgotten)",
@@ -257,9 +267,15 @@ def _feed(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from app.worker.runtime import run_worker  # Faust is slow to import; only the worker needs it
+    from app.worker.runtime import run_worker  # Faust is slow to import: only worker and learner load it
 
     return run_worker(load_settings())
+
+
+def _learner(args: argparse.Namespace) -> int:
+    from app.worker.runtime import run_learner
+
+    return run_learner(load_settings())
 
 
 def _forget(args: argparse.Namespace) -> int:

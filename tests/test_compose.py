@@ -62,7 +62,7 @@ def assert_parses(command: list[str]) -> None:
 
 def test_our_services_set_only_real_settings() -> None:
     found = ours()
-    assert {"worker", "traffic"} <= found.keys()
+    assert {"worker", "learner", "traffic"} <= found.keys()
     for name, service in found.items():
         env = environment(service)
         unknown = {
@@ -78,7 +78,22 @@ def test_commands_are_real_cli_commands() -> None:
     for service in ours().values():
         assert_parses(service["command"])
     assert services()["worker"]["command"] == ["worker"]
+    assert services()["learner"]["command"] == ["learner"]
     assert services()["traffic"]["command"][0] == "feed"
+
+
+def test_workers_only_score_and_the_learner_learns_their_models() -> None:
+    settings = worker_settings()
+    assert settings.learner is False
+    learner = load_settings(environment(services()["learner"]))
+    # The same training topic, group, Redis and signing key as the workers.
+    assert learner.model_key is not None
+    assert learner.model_key == settings.model_key
+    assert learner.redis_url == settings.redis_url
+    assert learner.topic_training == settings.topic_training
+    assert learner.group_id == settings.group_id
+    assert not learner.create_topics
+    assert services()["learner"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 
 def created_topics() -> dict[str, int]:
@@ -238,7 +253,7 @@ def test_dockerfile_is_multi_stage_non_root_and_healthchecked() -> None:
     assert "!app/" in ignored
 
 
-@pytest.mark.parametrize("service", ["worker", "traffic"])
+@pytest.mark.parametrize("service", ["worker", "learner", "traffic"])
 def test_our_services_use_the_built_image(service: str) -> None:
     found = services()[service]
     assert found["image"] == OUR_IMAGE

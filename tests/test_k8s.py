@@ -1,28 +1,34 @@
-"""deploy/k8s: manifests parse, configure the worker with real settings, and probe real endpoints."""
+"""deploy/k8s: manifests parse, set real settings for the worker and the learner, and probe real endpoints."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from promql import DEPLOY
 from test_compose import assert_parses
 
 from app.settings import PREFIX, Settings, load_settings
 from app.worker.http import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
+from app.worker.learning import STOP_SNAPSHOT_S
 
 K8S = DEPLOY / "k8s"
+# The learner's Deployment and Service; every other file is the workers' or shared by both.
+LEARNER = K8S / "learner.yaml"
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    """Kind -> the manifest (one of each kind here), every file included."""
+def manifests(*, learner: bool = False) -> dict[str, dict[str, Any]]:
+    """Kind -> the manifest (one of each kind): the learner's, or those of every other file."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(K8S.glob("*.yaml")):
+        if (path == LEARNER) != learner:
+            continue
         for doc in documents(path):
             assert {"apiVersion", "kind"} <= doc.keys(), path
             if doc["kind"] != "Kustomization":
@@ -32,22 +38,22 @@ def manifests() -> dict[str, dict[str, Any]]:
     return found
 
 
-def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = manifests()["Deployment"]["spec"]["template"]["spec"]
+def pod_spec(*, learner: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = manifests(learner=learner)["Deployment"]["spec"]["template"]["spec"]
     return spec
 
 
-def container() -> dict[str, Any]:
-    (worker,) = pod_spec()["containers"]
-    assert isinstance(worker, dict)
-    return worker
+def container(*, learner: bool = False) -> dict[str, Any]:
+    (found,) = pod_spec(learner=learner)["containers"]
+    assert isinstance(found, dict)
+    return found
 
 
-def worker_env() -> dict[str, str]:
-    """What the worker's environment holds: the ConfigMap, the Secret, then explicit env."""
+def worker_env(*, learner: bool = False) -> dict[str, str]:
+    """What the worker's (or learner's) environment holds: the ConfigMap, the Secret, then explicit env."""
     found = manifests()
     env: dict[str, str] = {}
-    for source in container().get("envFrom", []):
+    for source in container(learner=learner).get("envFrom", []):
         if "configMapRef" in source:
             config = found["ConfigMap"]
             assert source["configMapRef"]["name"] == config["metadata"]["name"]
@@ -56,7 +62,7 @@ def worker_env() -> dict[str, str]:
             secret = found["Secret"]
             assert source["secretRef"]["name"] == secret["metadata"]["name"]
             env.update(secret["stringData"])
-    for item in container().get("env", []):
+    for item in container(learner=learner).get("env", []):
         env[item["name"]] = item.get("value", "from a reference")
     return env
 
@@ -71,6 +77,7 @@ def test_manifests_parse_and_kustomization_lists_them() -> None:
         "Service",
         "ServiceMonitor",
     } <= found.keys()
+    assert manifests(learner=True).keys() == {"Deployment", "Service"}
     resources = set(found["Kustomization"]["resources"])
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     # The example Secret stays out: real credentials come from the cluster's secret store.
@@ -96,9 +103,10 @@ def test_environment_is_made_of_real_settings() -> None:
     assert manifests()["Deployment"]["spec"]["replicas"] <= settings.partitions
 
 
-def test_probes_hit_the_worker_endpoints() -> None:
-    settings = load_settings(worker_env())
-    worker = container()
+@pytest.mark.parametrize("learner", [False, True], ids=["worker", "learner"])
+def test_probes_hit_the_worker_endpoints(learner: bool) -> None:
+    settings = load_settings(worker_env(learner=learner))
+    worker = container(learner=learner)
     ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
     assert ports["metrics"] == settings.metrics_port
     expected = {
@@ -155,3 +163,56 @@ def test_selectors_find_the_workers_and_metrics() -> None:
     assert service["metadata"]["name"] == "micromoments"
     rules = (DEPLOY / "prometheus" / "rules" / "micromoments.yml").read_text()
     assert 'job="micromoments"' in rules
+
+
+def test_workers_only_score_and_the_learner_learns() -> None:
+    assert load_settings(worker_env()).learner is False
+    learner = container(learner=True)
+    assert learner["args"] == ["learner"]
+    assert_parses(learner["args"])
+    # The workers' settings (topics, group, Redis, the key that signs the models), from the same sources.
+    assert container()["envFrom"] == learner["envFrom"]
+    settings = load_settings(worker_env(learner=True))
+    assert settings.model_key is not None
+    assert settings.redis_url != "memory://"
+    assert not settings.create_topics
+
+
+def test_learner_container_is_bounded_and_unprivileged() -> None:
+    learner = container(learner=True)
+    resources = learner["resources"]
+    assert {"cpu", "memory"} <= resources["requests"].keys()
+    assert "memory" in resources["limits"]
+    assert pod_spec(learner=True)["securityContext"]["runAsNonRoot"] is True
+    security = learner["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    # Long enough to store what was learnt and leave the group.
+    assert pod_spec(learner=True)["terminationGracePeriodSeconds"] > STOP_SNAPSHOT_S
+
+
+def test_selectors_find_the_learners_and_their_metrics() -> None:
+    found = manifests(learner=True)
+    deployment = found["Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels_match(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+    # Neither Deployment claims the other's pods; the workers' PDB and Service leave learners out.
+    workers = manifests()
+    assert not labels_match(
+        deployment["spec"]["selector"]["matchLabels"],
+        workers["Deployment"]["spec"]["template"]["metadata"]["labels"],
+    )
+    assert not labels_match(workers["Deployment"]["spec"]["selector"]["matchLabels"], pod_labels)
+    assert not labels_match(workers["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"], pod_labels)
+    assert not labels_match(workers["Service"]["spec"]["selector"], pod_labels)
+    service = found["Service"]
+    assert labels_match(service["spec"]["selector"], pod_labels)
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics"
+    monitor = workers["ServiceMonitor"]
+    assert labels_match(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"]
+    # A job of its own: the worker alerts (job="micromoments") do not count learners as workers.
+    assert service["metadata"]["name"] != "micromoments"

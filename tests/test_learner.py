@@ -1,13 +1,21 @@
 """The streaming learner's bookkeeping, on a real redis-server: each example is learnt once.
 
-Kafka's part (one learner per partition, handover on rebalance, a crash) is in
-``tests/integration/test_learning.py``; here the records are handed over directly.
+Kafka's part (one learner per partition, handover on rebalance, a crash, the
+``micromoments learner`` process) is in ``tests/integration/test_learning.py``; here
+the records are handed over directly. Also: what ``micromoments learner`` refuses.
 """
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+import os
+from pathlib import Path
 
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from app import cli
 from app.learning.config import LearningConfig
 from app.learning.features import dense
 from app.learning.labels import LabelledExample, example_id
@@ -17,6 +25,7 @@ from app.state.model_store import ModelStore
 from app.worker.learning import SEGMENTS, Learner, Refresher, training_records
 
 KEY = b"test-signing-key-of-at-least-32-bytes"
+RULES_ONLY = Path(__file__).resolve().parents[1] / "fixtures" / "rules-only.toml"
 MOMENT = "price_comparison"
 
 
@@ -118,3 +127,46 @@ async def test_scorers_pick_up_new_versions(redis_client: aioredis.Redis) -> Non
     # Nothing newer: nothing loaded.
     await refresher.refresh()
     assert refresher.versions == {MOMENT: 1, SEGMENTS: 1}
+
+
+async def test_a_stopping_learner_stores_what_it_learnt(redis_client: aioredis.Redis) -> None:
+    who = learner(redis_client)
+    await learn(who, records(examples(7)))
+    await who._store_before_stopping()
+    assert await stored_examples(redis_client) == (7, 1)
+
+
+async def test_a_learner_stops_even_if_it_cannot_store(redis_client: aioredis.Redis, caplog) -> None:  # type: ignore[no-untyped-def]
+    # Nothing listens there, and no retries: refused at once.
+    nowhere = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    who = Learner(Settings(), LearningConfig(), ModelStore(nowhere, KEY, prefix="t"))
+    who._models[MOMENT] = await learner(redis_client)._model(MOMENT)  # as if loaded before Redis went
+    await learn(who, records(examples(3)))
+    await who._store_before_stopping()  # logs, does not raise: the examples are read again next time
+    assert "could not store what was learnt before stopping" in caplog.text
+    await nowhere.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MM_REDIS_URL": "redis://127.0.0.1:1/0"}, "the learner needs MM_MODEL_KEY"),
+        (
+            {"MM_MODEL_KEY": KEY.decode(), "MM_REDIS_URL": "memory://"},
+            "the learner needs Redis (MM_REDIS_URL)",
+        ),
+        (
+            {"MM_MODEL_KEY": KEY.decode(), "MM_MOMENTS_CONFIG": str(RULES_ONLY)},
+            "learning is disabled in the moment configuration",
+        ),
+    ],
+)
+def test_the_learner_command_refuses_to_run_without_what_it_needs(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("MM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["learner"]) == 2
+    assert message in capsys.readouterr().err

@@ -3,8 +3,9 @@
 - Workers publish every labelled example to the training topic, keyed by its
   moment (and again under the key ``segments``, for the segmenter), so all of a
   model's examples land in one partition.
-- The :class:`Learner` in each worker consumes that topic in a consumer group of
-  its own: Kafka gives each partition to exactly one member, so exactly one
+- The :class:`Learner` in each worker (or, with ``MM_LEARNER=false`` on the workers,
+  in ``micromoments learner`` processes of its own) consumes that topic in a consumer
+  group of its own: Kafka gives each partition to exactly one member, so exactly one
   learner updates each model, whatever the number of workers. It resumes from
   the model's latest snapshot, learns, and every ``snapshot_every`` examples (or
   ``snapshot_interval_s`` seconds) stores a signed snapshot one version up,
@@ -13,7 +14,8 @@
   examples after the last snapshot are read again, and those before it (stored,
   not yet committed) are recognised by that offset and skipped. A snapshot is a
   compare-and-set on the version, the safety net under the group's assignment:
-  a learner that finds its model moved on elsewhere reloads it.
+  a learner that finds its model moved on elsewhere reloads it. A learner that is
+  stopped stores what it has learnt before it leaves the group.
 - The :class:`Refresher` in each worker checks the stored versions every
   ``refresh`` seconds and swaps newer models into the detector's scorer, so a
   new version takes effect without a restart.
@@ -53,6 +55,9 @@ RECENT_IDS: Final = 8192
 # Examples learnt between two returns to the event loop: learning is CPU work on the
 # detector's loop, so a backlog must not hold its batches up (about 10 ms at a time).
 LEARN_AT_ONCE: Final = 64
+# How long a stopping learner may take to store what it has learnt: a Redis that does not
+# answer must not hold a shutdown up (the examples are then learnt again from the topic).
+STOP_SNAPSHOT_S: Final = 10.0
 FIRST_RESTART_S: Final = 1.0
 LAST_RESTART_S: Final = 30.0
 _encoder = msgspec.msgpack.Encoder()
@@ -116,7 +121,7 @@ class Learner:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def run(self) -> None:
-        """Learn until cancelled; whatever was not snapshotted is read again next time."""
+        """Learn until cancelled, then store what was learnt; what was not stored is read again next time."""
         self._forget_unsaved()
         consumer = self._consumer = AIOKafkaConsumer(
             **client_options(self.settings),
@@ -128,8 +133,9 @@ class Learner:
             fetch_max_wait_ms=100,
         )
         consumer.subscribe([self.settings.topic_training], listener=_Handover(self))
-        await consumer.start()
         try:
+            # Inside: a start that fails or is cancelled still closes the client's connections.
+            await consumer.start()
             while True:
                 fetched = await consumer.getmany(timeout_ms=1000, max_records=LEARN_AT_ONCE)
                 async with self._busy:
@@ -142,8 +148,34 @@ class Learner:
                         self._offsets[tp] = records[-1].offset + 1
                     if self._snapshot_due():
                         await self.snapshot()
+        except asyncio.CancelledError:
+            await self._store_before_stopping()
+            raise
         finally:
             await consumer.stop()
+
+    async def _store_before_stopping(self) -> None:
+        """Store what was learnt, so that whoever takes the partitions over need not learn it again."""
+
+        async def store() -> None:
+            async with self._busy:
+                await self.snapshot()
+
+        try:
+            # wait_for, not asyncio.timeout: this task is being cancelled already, and
+            # asyncio.timeout would report its expiry as that cancellation.
+            await asyncio.wait_for(store(), STOP_SNAPSHOT_S)
+        except Exception as exc:
+            log.warning("could not store what was learnt before stopping (%r): it is learnt again", exc)
+        else:
+            log.info("stored what was learnt before stopping")
+
+    def assignment(self) -> set[TopicPartition]:
+        """The training partitions this learner holds now; none before it has joined the group."""
+        if self._consumer is None:
+            return set()
+        assigned: set[TopicPartition] = self._consumer.assignment()
+        return assigned
 
     def _snapshot_due(self) -> bool:
         if not any(held.dirty for held in self._models.values()):
@@ -328,11 +360,12 @@ class Refresher:
             log.info("now scoring %s with version %d", name, version)
 
 
-def watch_learning(metrics: WorkerMetrics, refresher: Refresher, learner: Learner | None) -> None:
-    """Point the model gauges at the versions scored with, and at the learner's models."""
-    metrics.model_version.source = lambda: [
-        ((name,), float(refresher.versions.get(name, 0))) for name in refresher.names
-    ]
+def watch_learning(metrics: WorkerMetrics, refresher: Refresher | None, learner: Learner | None) -> None:
+    """Point the model gauges at the versions scored with (if this process scores), and at the learner's."""
+    if refresher is not None:
+        metrics.model_version.source = lambda: [
+            ((name,), float(refresher.versions.get(name, 0))) for name in refresher.names
+        ]
     if learner is None:
         return
 

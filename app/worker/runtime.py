@@ -1,10 +1,14 @@
-"""Build and run the streaming worker from :class:`~app.settings.Settings`."""
+"""Build and run the streaming worker, or a learner alone, from :class:`~app.settings.Settings`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import socket
 import tempfile
+from collections.abc import Mapping
 from functools import partial
 
 import faust
@@ -12,20 +16,21 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.config import Catalogue, load_catalogue
+from app.config import Catalogue, ConfigError, load_catalogue
 from app.detector import Detector
+from app.learning.config import LearningConfig
 from app.learning.models import Models
 from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.state.memory import MemoryStateStore
 from app.state.model_store import ModelStore
 from app.state.redis import RedisStateStore
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
 from app.worker.faust_batch import BatchApp
-from app.worker.http import OpsServer, listen
-from app.worker.instruments import MeteredStore, readiness, watch_consumer
+from app.worker.http import Check, OpsServer, listen
+from app.worker.instruments import PING_TIMEOUT_S, MeteredStore, readiness, watch_consumer
 from app.worker.kafka import ensure_topics, faust_brokers, faust_credentials
 from app.worker.learning import Learner, Refresher, keep_running, watch_learning
 
@@ -78,16 +83,22 @@ def _learning_possible(catalogue: Catalogue, settings: Settings) -> Catalogue:
     """The catalogue, with learning off if this deployment cannot share models (logged)."""
     if not catalogue.learning.enabled:
         return catalogue
-    missing = []
-    if settings.model_key is None:
-        missing.append("MM_MODEL_KEY (the secret that signs model snapshots)")
-    if settings.redis_url == "memory://":
-        missing.append("Redis (MM_REDIS_URL), where the models are kept")
+    missing = _missing_for_learning(settings)
     if not missing:
         return catalogue
     log.warning("online learning is off, the rules decide: it needs %s", " and ".join(missing))
     learning = msgspec.structs.replace(catalogue.learning, enabled=False)
     return msgspec.structs.replace(catalogue, learning=learning)
+
+
+def _missing_for_learning(settings: Settings) -> list[str]:
+    """What this deployment lacks to share models between processes (nothing: it can)."""
+    missing = []
+    if settings.model_key is None:
+        missing.append("MM_MODEL_KEY (the secret that signs model snapshots)")
+    if settings.redis_url == "memory://":
+        missing.append("Redis (MM_REDIS_URL), where the models are kept")
+    return missing
 
 
 def _learn(
@@ -147,3 +158,65 @@ def run_worker(settings: Settings) -> int:
     worker = faust.Worker(app, ops, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
+
+
+def run_learner(settings: Settings) -> int:
+    """Run a learner alone, no detection, until SIGINT/SIGTERM; the exit code.
+
+    Learning then takes none of the workers' CPU: they score only (``MM_LEARNER=false``).
+    """
+    missing = _missing_for_learning(settings)
+    if missing:
+        raise SettingsError(f"the learner needs {' and '.join(missing)}")
+    learning = load_catalogue(settings.moments_config).learning
+    if not learning.enabled:
+        raise ConfigError("learning is disabled in the moment configuration: there is nothing to learn")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    sock = listen(settings.metrics_host, settings.metrics_port)
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(_learn_alone(settings, learning, sock))
+    return 0
+
+
+async def _learn_alone(settings: Settings, config: LearningConfig, sock: socket.socket) -> None:
+    store = _model_store(settings)
+    metrics = WorkerMetrics()
+    learner = Learner(settings, config, store, metrics)
+    watch_learning(metrics, None, learner)
+    checks = _learner_readiness(learner, store)
+    ops = OpsServer(sock, metrics.registry, checks, loop_lag=metrics.event_loop_lag)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await ops.start()
+    learning = asyncio.create_task(keep_running("the learner", learner.run))
+    try:
+        await stopping.wait()
+        log.info("stopping the learner")
+    finally:
+        # The learner stores what it has learnt and leaves the group as it is cancelled.
+        learning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await learning
+        await ops.stop()
+        await store.client.aclose()
+
+
+def _learner_readiness(learner: Learner, store: ModelStore) -> Mapping[str, Check]:
+    """The checks of a learner's ``/readyz``: training partitions assigned, and Redis answering."""
+
+    async def partitions() -> tuple[bool, str]:
+        count = len(learner.assignment())
+        return count > 0, f"{count} assigned"
+
+    async def model_store() -> tuple[bool, str]:
+        try:
+            await asyncio.wait_for(store.client.ping(), PING_TIMEOUT_S)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"[:200]
+        return True, "ok"
+
+    return {"partitions": partitions, "store": model_store}

@@ -91,10 +91,14 @@ def input_topics(settings: Settings) -> list[str]:
 
 
 class WorkerProcess:
-    """``micromoments worker`` in a subprocess, its stdout and stderr in ``log``."""
+    """``micromoments worker`` (or another ``command`` that runs until stopped) in a subprocess.
 
-    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+    Its stdout and stderr go to ``log``.
+    """
+
+    def __init__(self, env: Mapping[str, str], log: Path, command: str = "worker") -> None:
         self.log = log
+        self.command = command
         # The test's own environment, less any MM_ variable: the worker refuses unknown ones.
         base = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
         self._env = {**base, **env, "PYTHONUNBUFFERED": "1"}
@@ -105,7 +109,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with open(self.log, "ab") as out:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker"],
+                [sys.executable, "-m", "app.cli", self.command],
                 env=self._env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
@@ -124,7 +128,7 @@ class WorkerProcess:
 
     def check_alive(self) -> None:
         if self._process is not None and self._process.poll() is not None:
-            raise AssertionError(f"worker exited with {self._process.returncode}:\n{self.tail()}")
+            raise AssertionError(f"{self.command} exited with {self._process.returncode}:\n{self.tail()}")
 
     def kill(self) -> None:
         """SIGKILL: a crash, nothing flushed or committed on the way out."""
@@ -165,8 +169,8 @@ class Workers:
         self.directory = directory
         self.started: list[WorkerProcess] = []
 
-    def start(self, env: Mapping[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(env, self.directory / f"worker-{len(self.started) + 1}.log")
+    def start(self, env: Mapping[str, str], command: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(env, self.directory / f"{command}-{len(self.started) + 1}.log", command)
         self.started.append(worker)
         return worker.start()
 

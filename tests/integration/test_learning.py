@@ -7,15 +7,21 @@ both stop, and two new workers take the second half; one is killed mid-way.
 The survivor resumes every model from its snapshot (learnt counts go on from
 the first half's, not from zero), relearns what the dead one had not stored,
 and its scorers, refreshed without a restart, let the models decide triggers.
+
+With ``MM_LEARNER=false`` on the worker, a ``micromoments learner`` process learns
+instead; one that stores no snapshot on its own stores everything it has learnt
+when stopped with SIGTERM, and exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from harness import (
+    PARTITIONS,
     ROOT,
     TIMEOUT,
     Workers,
@@ -93,7 +100,10 @@ def with_port(env: dict[str, str], **extra: str) -> tuple[dict[str, str], int]:
     return {**env, "MM_METRICS_PORT": str(port), **extra}, port
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Metrics:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {
@@ -262,3 +272,100 @@ def test_outcomes_are_learnt_once_by_one_learner_per_model_across_restarts_and_a
     assert all("segment" in t["data"] for t in after), "triggers carry the customer's segment"
     deciders_after = Counter((t["data"]["moment"], t["data"]["decided_by"]) for t in after)
     assert all(decider == "model" for (moment, decider) in deciders_after if moment in warm), deciders_after
+
+
+def wait_metrics(port: int, workers: Workers, what: str, done: Callable[[Metrics], bool]) -> Metrics:
+    """Scrape ``port`` until ``done`` says yes; the metrics then."""
+    deadline = time.monotonic() + TIMEOUT
+    metrics: Metrics = {}
+    while True:
+        workers.check_alive()
+        with contextlib.suppress(OSError):  # not serving yet
+            metrics = scrape(port)
+            if done(metrics):
+                return metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen; last metrics: {sorted(metrics)[:20]}")
+        time.sleep(0.5)
+
+
+def wait_ready(port: int, workers: Workers) -> dict[str, Any]:
+    """Until ``/readyz`` on ``port`` answers 200; its body then."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        workers.check_alive()
+        # OSError: not serving yet, or 503 (not ready).
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response,
+        ):
+            body: dict[str, Any] = orjson.loads(response.read())
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz on port {port} did not answer 200")
+        time.sleep(0.2)
+
+
+def test_a_learner_process_learns_for_workers_that_only_score_and_stores_all_on_sigterm(
+    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+) -> None:
+    env = learning_env(broker, redis_server, tmp_path)
+    settings = settings_of(env)
+    lines = read_jsonl(DEMO)
+    middle = (event_time_ms(lines[0]) + event_time_ms(lines[-1])) // 2
+    first = [line for line in lines if (event_time_ms(line) or 0) < middle]
+    second = [line for line in lines if (event_time_ms(line) or 0) >= middle] + ticks(lines)
+    run(create_topics(settings))
+
+    # --- first half: `micromoments learner` learns, the worker only scores ------------------------
+    learner_env, learner_port = with_port(env)
+    learner = workers.start(learner_env, "learner")
+    # Ready: the training partitions are the learner's, and Redis answers.
+    ready = wait_ready(learner_port, workers)
+    assert ready["checks"]["partitions"]["detail"] == f"{PARTITIONS} assigned", ready
+    assert ready["checks"]["store"]["ok"], ready
+    worker_env, worker_port = with_port(env, MM_LEARNER="false")
+    worker = workers.start(worker_env)
+    run(produce(settings, first))
+    run(wait_consumed(settings, workers))
+    counts, models = run(wait_learnt(settings, workers))
+    assert sum(counts[m] for m in MOMENT_NAMES) > 50, f"the first half should label outcomes: {dict(counts)}"
+    assert all(version >= 1 for _, version in models.values())
+    assert {m for m, _ in learning_log(learner)} == set(counts), "the learner learns every model"
+    assert not learning_log(worker), "a worker with MM_LEARNER=false learns nothing"
+    metrics = scrape(learner_port)
+    assert gauge(metrics, "micromoments_model_examples") == {n: float(e) for n, (e, _) in models.items()}
+    assert metrics[("micromoments_model_snapshots_total", (("result", "conflict"),))] == 0
+    # The worker's scorers take the stored versions without a restart.
+    wait_metrics(worker_port, workers, "scoring with the stored versions", lambda m: all(
+        gauge(m, "micromoments_model_version").get(n, 0) >= v >= 1 for n, (_, v) in models.items()
+    ))  # fmt: skip
+    assert not gauge(scrape(worker_port), "micromoments_model_examples")
+    assert learner.terminate() == 0
+
+    # --- second half: a learner that stores only when stopped --------------------------------------
+    lazy_env, lazy_port = with_port(env, MM_SNAPSHOT_EVERY="1000000", MM_SNAPSHOT_INTERVAL_S="3600")
+    lazy = workers.start(lazy_env, "learner")
+    run(produce(settings, second))
+    run(wait_consumed(settings, workers))
+    total = run(published(settings))
+    grown = {name for name in total if total[name] > counts[name]}
+    assert grown, "the second half labels outcomes too"
+    wait_metrics(lazy_port, workers, "learning the second half", lambda m: all(
+        gauge(m, "micromoments_model_examples").get(n) == total[n] for n in grown
+    ))  # fmt: skip
+    # It resumed every model from its stored version, and has stored nothing yet.
+    versions = {name: version for name, (_, version) in models.items()}
+    assert all(version == versions.get(name, 0) for name, version in learning_log(lazy)), learning_log(lazy)
+    assert run(stored(settings)) == models
+    assert lazy.terminate() == 0
+    after = run(stored(settings))
+    assert {name: examples for name, (examples, _) in after.items()} == dict(total)
+    # One version more of each model that learnt: the snapshot stored on stopping.
+    assert {name: version for name, (_, version) in after.items()} == {
+        name: versions.get(name, 0) + (name in grown) for name in total
+    }
+    assert "stored what was learnt before stopping" in lazy.log.read_text(errors="replace")
+    wait_metrics(worker_port, workers, "scoring with the versions stored on stopping", lambda m: all(
+        gauge(m, "micromoments_model_version").get(n, 0) >= v for n, (_, v) in after.items()
+    ))  # fmt: skip
