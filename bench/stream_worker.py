@@ -16,6 +16,7 @@ loopback ports and stop at the end.
     .venv/bin/python bench/stream_worker.py
     .venv/bin/python bench/stream_worker.py --events 50000 --customers 5000 --rates 1000 --skip-naive
     .venv/bin/python bench/stream_worker.py --learning --skip-naive   # models score, a learner learns
+    .venv/bin/python bench/stream_worker.py --learner-process --skip-naive   # ... in a process of its own
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,15 @@ async def contender(
     print(f"[{name}] pre-produced {len(lines):,} events in {time.perf_counter() - started:.1f} s", flush=True)
     log = Path(tempfile.gettempdir()) / f"bench-{name}.log"
     result: dict[str, Any] = {}
-    with running(command, env, log) as process:
+    with ExitStack() as stack:
+        if args.learner_process and name == "micromoments":
+            learner_log = log.with_name(f"bench-{name}-learner.log")
+            stack.enter_context(
+                running(
+                    [sys.executable, "-m", "app.cli", "learner"], {**env, "MM_METRICS_PORT": "0"}, learner_log
+                )
+            )
+        process = stack.enter_context(running(command, env, log))
         result["throughput"] = await measure_throughput(settings, group, len(lines), process, args.timeout)
         print(f"[{name}] throughput {result['throughput']['events_per_s']:,.0f} events/s", flush=True)
         for rate in args.rates:
@@ -300,7 +309,15 @@ async def main() -> None:
         action="store_true",
         help="online learning on in the worker: every candidate scored, a learner in the process",
     )
+    parser.add_argument(
+        "--learner-process",
+        action="store_true",
+        help="with --learning: the worker only scores (MM_LEARNER=false); a `micromoments learner` learns",
+    )
     args = parser.parse_args()
+    if args.learner_process:
+        args.learning = True
+        os.environ["MM_LEARNER"] = "false"
     if args.learning:
         # Inherited by the worker: with a signing key (and Redis) it scores, publishes and learns.
         os.environ["MM_MODEL_KEY"] = secrets.token_urlsafe(32)
