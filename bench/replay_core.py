@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from app.cli import tune_collector
 from app.config import load_catalogue
 from app.replay import Problem, replay
 from app.traffic import TrafficGenerator
@@ -64,6 +65,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
+    tune_collector()  # as the command line does
     problems: list[Problem] = []
     profiler = cProfile.Profile() if args.profile else None
     with open(os.devnull, "wb") as sink:
