@@ -98,31 +98,6 @@ def _check_currency(currency: str | None) -> None:
 _ENVELOPE_IDS: Final = ("event_id", "customer_id", "session_id")
 
 
-CLICKSTREAM_TYPES: Final = frozenset(
-    {
-        "page_view",
-        "product_view",
-        "add_to_cart",
-        "remove_from_cart",
-        "wishlist_add",
-        "compare_view",
-        "review_view",
-        "checkout_step",
-        "help_view",
-        "store_locator_view",
-        "error",
-    }
-)
-SEARCH_TYPES: Final = frozenset({"search"})
-PURCHASE_TYPES: Final = frozenset({"purchase", "refund"})
-# What a customer allows, and requests about their data: facts about the customer,
-# not behaviour, on their own topics.
-CONSENT_TYPES: Final = frozenset({"consent", "suppression"})
-PRIVACY_TYPES: Final = frozenset({"forget"})
-BEHAVIOUR_TYPES: Final = CLICKSTREAM_TYPES | SEARCH_TYPES | PURCHASE_TYPES
-EVENT_TYPES: Final = BEHAVIOUR_TYPES | CONSENT_TYPES | PRIVACY_TYPES
-
-
 class Kind:
     """Compact code of an ``event_type``, stored in window entries instead of the string.
 
@@ -174,6 +149,16 @@ class Kind:
 
 
 _KINDS: Final = {name: code for code, name in enumerate(Kind.NAMES)}
+# The event types by topic; the clickstream's are the codes PAGE_VIEW to ERROR.
+CLICKSTREAM_TYPES: Final = frozenset(Kind.NAMES[Kind.PAGE_VIEW : Kind.ERROR + 1])
+SEARCH_TYPES: Final = frozenset({"search"})
+PURCHASE_TYPES: Final = frozenset({"purchase", "refund"})
+# What a customer allows, and requests about their data: facts about the customer,
+# not behaviour, on their own topics.
+CONSENT_TYPES: Final = frozenset({"consent", "suppression"})
+PRIVACY_TYPES: Final = frozenset({"forget"})
+BEHAVIOUR_TYPES: Final = CLICKSTREAM_TYPES | SEARCH_TYPES | PURCHASE_TYPES
+EVENT_TYPES: Final = BEHAVIOUR_TYPES | CONSENT_TYPES | PRIVACY_TYPES
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 
