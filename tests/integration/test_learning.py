@@ -186,16 +186,22 @@ def learning_log(worker: Any) -> list[tuple[str, int]]:
     return [(m, int(v)) for m, v in re.findall(r"learning (\w+) from version (\d+)", text)]
 
 
+def demo_halves() -> tuple[int, list[bytes], list[bytes]]:
+    """The demo day split at its middle (event time): the middle, the first half, the second
+    half followed by ticks that carry event time past every deadline."""
+    lines = read_jsonl(DEMO)
+    middle = (event_time_ms(lines[0]) + event_time_ms(lines[-1])) // 2
+    first = [line for line in lines if (event_time_ms(line) or 0) < middle]
+    second = [line for line in lines if (event_time_ms(line) or 0) >= middle] + ticks(lines)
+    return middle, first, second
+
+
 def test_outcomes_are_learnt_once_by_one_learner_per_model_across_restarts_and_a_crash(
     broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     env = learning_env(broker, redis_server, tmp_path)
     settings = settings_of(env)
-    lines = read_jsonl(DEMO)
-    middle = (event_time_ms(lines[0]) + event_time_ms(lines[-1])) // 2
-    first = [line for line in lines if (event_time_ms(line) or 0) < middle]
-    second = [line for line in lines if (event_time_ms(line) or 0) >= middle]
-    second += ticks(lines)
+    middle, first, second = demo_halves()
     run(create_topics(settings))
 
     # --- first half: two workers at once ---------------------------------------------------------
@@ -311,10 +317,7 @@ def test_a_learner_process_learns_for_workers_that_only_score_and_stores_all_on_
 ) -> None:
     env = learning_env(broker, redis_server, tmp_path)
     settings = settings_of(env)
-    lines = read_jsonl(DEMO)
-    middle = (event_time_ms(lines[0]) + event_time_ms(lines[-1])) // 2
-    first = [line for line in lines if (event_time_ms(line) or 0) < middle]
-    second = [line for line in lines if (event_time_ms(line) or 0) >= middle] + ticks(lines)
+    _, first, second = demo_halves()
     run(create_topics(settings))
 
     # --- first half: `micromoments learner` learns, the worker only scores ------------------------
