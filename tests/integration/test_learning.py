@@ -65,15 +65,6 @@ MODELS = (*MOMENT_NAMES, SEGMENTS)
 _examples = msgspec.msgpack.Decoder(LabelledExample)
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Any:
-    started = Workers(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def learning_env(broker: EmbeddedBroker, redis: EmbeddedRedis, tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "learning.toml"
     # The shipped configuration (policy included), with models deciding after a few outcomes,

@@ -23,7 +23,6 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,15 +65,6 @@ from app.worker.agent import stream_of
 
 # Distinctive customer ids, so that finding one in a log or in Redis means what it says.
 RUN = uuid.uuid4().hex[:6]
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture(scope="module")

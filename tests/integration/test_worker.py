@@ -72,15 +72,6 @@ SCENARIOS = sorted(
 DETECTION_ONLY = ROOT / "fixtures" / "scenarios" / "detection-only.toml"
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def assert_triggers_as_published(records: list[Any]) -> None:
     """Keyed by customer, with the CloudEvents content type."""
     for record in records:
