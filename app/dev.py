@@ -14,11 +14,9 @@ import asyncio
 import contextlib
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +24,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from app.embedded import DIE_WITH_PARENT, EmbeddedBroker, EmbeddedRedis, ServerUnavailable
+from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable, child_process
 from app.settings import Settings, load_settings
 from app.worker.kafka import client_options, ensure_topics
 from app.worker.live import feed_live
@@ -72,7 +70,7 @@ class DevStack:
             asyncio.run(ensure_topics(settings))
             log = Path(tempfile.mkstemp(prefix="micromoments-worker-", suffix=".log")[1])
             stack.enter_context(
-                _child([sys.executable, "-m", "app.cli", "worker"], {**os.environ, **env}, log)
+                child_process([sys.executable, "-m", "app.cli", "worker"], {**os.environ, **env}, log)
             )
             self.say(f"broker {broker.bootstrap} | state {redis_url} | worker log {log}")
             self.say(f"traffic: {self.rate:g} events/s, event time x{self.speed:g}; Ctrl-C to stop")
@@ -154,27 +152,3 @@ def _one_line(trigger: dict[str, Any]) -> str:
 
 def _mm_variables() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("MM_")}
-
-
-@contextlib.contextmanager
-def _child(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as sink:
-        # Its own session: Ctrl-C reaches us only, and we stop the worker gracefully.
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=DIE_WITH_PARENT,
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()

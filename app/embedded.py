@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -39,6 +39,42 @@ def _die_with_parent() -> None:
 
 # For Popen(preexec_fn=...): a child process started by us never outlives us.
 DIE_WITH_PARENT = _die_with_parent if sys.platform == "linux" else None
+
+
+@contextlib.contextmanager
+def child_process(
+    command: Sequence[str],
+    env: dict[str, str],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    stop_within: float = 20.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` running, its output in ``log``; stopped (SIGTERM, then SIGKILL) on leaving.
+
+    Its own session, so Ctrl-C reaches us only and we stop it gracefully; and it dies
+    with us should we die without a chance to stop it.
+    """
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=DIE_WITH_PARENT,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_within)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 class ServerUnavailable(RuntimeError):

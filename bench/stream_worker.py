@@ -30,8 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import EmbeddedBroker, EmbeddedRedis, child_process
 from app.settings import Settings, load_settings
 from app.traffic import TrafficGenerator
 from app.triggers import format_time
@@ -87,26 +86,11 @@ def _ms(occurred_at: str) -> int:
     return int(datetime.fromisoformat(occurred_at).timestamp() * 1000)
 
 
-@contextmanager
-def running(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def running(
+    command: list[str], env: dict[str, str], log: Path
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """A contender's process, with this process's environment and the benchmark's settings."""
+    return child_process(command, {**os.environ, **env}, log, cwd=ROOT, stop_within=30)
 
 
 async def committed_total(reader: AIOKafkaConsumer, topics: set[str]) -> int:
