@@ -130,15 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         " redis-server (if installed), the worker and a traffic generator. Prints triggers as they"
         " arrive; Ctrl-C stops it all.",
     )
-    dv.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
-    dv.add_argument(
-        "--speed",
-        type=float,
-        default=20.0,
-        help="event time runs this many times faster than the clock (default 20)",
-    )
-    dv.add_argument("--customers", type=int, default=500)
-    dv.add_argument("--seed", type=int, default=1)
+    _live_traffic_options(dv, speed=20.0, customers=500)
     dv.add_argument("--json", action="store_true", help="print whole CloudEvents, not one-line summaries")
     dv.add_argument("--duration", type=float, help="stop after this many seconds")
     dv.set_defaults(run=_dev)
@@ -150,12 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         " with event time), paced in real time: event time starts now and runs --speed times faster."
         " Runs until stopped, or for --events events.",
     )
-    fd.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
-    fd.add_argument(
-        "--speed", type=float, default=1.0, help="event time runs this many times faster (default 1)"
-    )
-    fd.add_argument("--customers", type=int, default=1000)
-    fd.add_argument("--seed", type=int, default=1)
+    _live_traffic_options(fd, speed=1.0, customers=1000)
     fd.add_argument("--events", type=int, help="stop after this many events")
     fd.set_defaults(run=_feed)
 
@@ -307,6 +294,19 @@ def _settings(args: argparse.Namespace) -> int:
     for name, value in describe(load_settings()).items():
         print(f"{name}={'' if value is None else value}")
     return 0
+
+
+def _live_traffic_options(command: argparse.ArgumentParser, *, speed: float, customers: int) -> None:
+    """The options of a command that sends generated traffic paced in real time."""
+    command.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
+    command.add_argument(
+        "--speed",
+        type=float,
+        default=speed,
+        help=f"event time runs this many times faster than the clock (default {speed:g})",
+    )
+    command.add_argument("--customers", type=int, default=customers)
+    command.add_argument("--seed", type=int, default=1)
 
 
 def _analysis(
