@@ -107,6 +107,13 @@ class Detector:
             frozenset(int(kind) for kind in self.cart.kinds) if self._tracks_cart else frozenset()
         )
         self._caps = (self.retention, window.max_events, window.order_retention, window.max_orders)
+        # What expires_at adds to each time a state holds: its span, extended by the lateness.
+        self._lateness = window.allowed_lateness
+        self._cooldown_spans = {
+            name: moment.config.cooldown + window.allowed_lateness for name, moment in self.moments.items()
+        }
+        self._order_span = window.order_retention + window.allowed_lateness
+        self._cart_span = self.cart.config.cooldown + window.allowed_lateness
 
     def observe(self, state: CustomerState, event: Event, ts: int) -> Observation:
         """Add ``event`` (whose ``occurred_at`` is ``ts`` ms) to ``state``; return what it completes.
@@ -179,22 +186,26 @@ class Detector:
         ``allowed_lateness`` behind the clock are still applied, so every span
         is extended by the lateness (``retention`` already includes it).
         """
-        lateness = self.catalogue.window.allowed_lateness
-        ends = [state.last_ts + self.retention]
-        ends.extend(
-            fired + self.moments[moment].config.cooldown + lateness
-            for moment, fired in state.cooldowns.items()
-            if moment in self.moments
-        )
+        # Called for every state saved: plain comparisons, no intermediate lists.
+        end = state.last_ts + self.retention
+        spans = self._cooldown_spans
+        for moment, fired in state.cooldowns.items():
+            span = spans.get(moment)
+            if span is not None and fired + span > end:
+                end = fired + span
         if state.orders:
-            ends.append(state.orders[-1].ts + self.catalogue.window.order_retention + lateness)
-        if state.cart is not None and state.cart.deadline is not None:
-            ends.append(state.cart.deadline + self.cart.config.cooldown + lateness)
+            end = max(end, state.orders[-1].ts + self._order_span)
+        cart = state.cart
+        if cart is not None and cart.deadline is not None:
+            end = max(end, cart.deadline + self._cart_span)
         if state.sent:
-            ends.append(max(state.sent) + DAY)  # the frequency cap looks back a day
-        ends.extend(example.deadline + lateness for example in state.pending)
-        ends.extend(deferred.release_at for deferred in state.deferred)
-        return max(ends)
+            end = max(end, max(state.sent) + DAY)  # the frequency cap looks back a day
+        lateness = self._lateness
+        for example in state.pending:
+            end = max(end, example.deadline + lateness)
+        for deferred in state.deferred:
+            end = max(end, deferred.release_at)
+        return end
 
     def _decide(self, state: CustomerState, candidate: Candidate, observation: Observation) -> None:
         moment = self.moments.get(candidate.moment)

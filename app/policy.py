@@ -156,10 +156,11 @@ class Policy:
 
     def retention_end(self, state: CustomerState) -> int | None:
         """Event time until which the customer's consent and suppression facts are kept."""
-        times = [c.ts for c in state.consent.values()]
-        if state.suppressed_since is not None:
-            times.append(state.suppressed_since)
-        return max(times) + self.config.consent_retention if times else None
+        latest = state.suppressed_since
+        for consent in state.consent.values():
+            if latest is None or consent.ts > latest:
+                latest = consent.ts
+        return None if latest is None else latest + self.config.consent_retention
 
     def subject(self, customer: str) -> str:
         """How triggers name the customer: the id, or its salted SHA-256 when configured."""

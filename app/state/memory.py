@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Collection, Sequence
 
 from app.state.codec import decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StateWrite, StreamSave, Versioned
+from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
 
 
 class MemoryStateStore:
@@ -36,17 +36,22 @@ class MemoryStateStore:
     async def save(self, saves: Sequence[StreamSave]) -> None:
         writes = [write for save in saves for write in save.writes]
         erased = {customer for save in saves for customer in save.erase}
-        conflicts = [
-            w.state.customer_id for w in writes if self._stored_version(w, erased) != w.expected_version
-        ]
+        blobs = self._blobs
+        conflicts = []
+        for write in writes:
+            customer = write.state.customer_id
+            stored = None if customer in erased else blobs.get(customer)
+            if (0 if stored is None else stored[1]) != write.expected_version:
+                conflicts.append(customer)
         if conflicts:
             raise ConflictError(conflicts)
         for customer in erased:
-            self._blobs.pop(customer, None)
+            blobs.pop(customer, None)
+        expiry = self._expiry
         for write in writes:
             customer = write.state.customer_id
-            self._blobs[customer] = (encode_state(write.state), write.expected_version + 1, write.expires_at)
-            heapq.heappush(self._expiry, (write.expires_at, customer))
+            blobs[customer] = (encode_state(write.state), write.expected_version + 1, write.expires_at)
+            heapq.heappush(expiry, (write.expires_at, customer))
         if len(self._expiry) > 2 * len(self._blobs) + 1024:
             # Every save pushes; shed the entries later saves made stale.
             self._expiry = [(expires_at, c) for c, (_, _, expires_at) in self._blobs.items()]
@@ -75,14 +80,6 @@ class MemoryStateStore:
 
     async def close(self) -> None:
         return None
-
-    def _stored_version(self, write: StateWrite, erased: set[str]) -> int:
-        customer = write.state.customer_id
-        return 0 if customer in erased else self._version(customer)
-
-    def _version(self, customer: str) -> int:
-        stored = self._blobs.get(customer)
-        return 0 if stored is None else stored[1]
 
     def _expire(self, now: int) -> None:
         expiry = self._expiry
