@@ -12,7 +12,7 @@ the streaming worker and the tests run exactly this code.
 >>> state = CustomerState(customer_id="c1")
 >>> event = decode_event(b'{"event_id": "e1", "customer_id": "c1", "event_type": "compare_view",'
 ...                      b' "occurred_at": "2026-11-25T10:00:00Z"}')
->>> [d.moment for d in detector.observe(state, event).detections]
+>>> [d.moment for d in detector.observe(state, event, event.ts).detections]
 ['price_comparison']
 """
 

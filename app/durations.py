@@ -13,9 +13,9 @@ class Duration(int):
     """A span of time in whole milliseconds.
 
     >>> Duration.parse("1h30m")
-    5400000
-    >>> Duration.parse("250ms")
-    250
+    Duration('90m')
+    >>> Duration.parse("250ms") == 250
+    True
     """
 
     @classmethod

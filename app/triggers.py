@@ -9,9 +9,10 @@ Serialisation is deterministic too: same detection, same bytes.
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -24,16 +25,28 @@ CONTENT_TYPE: Final = "application/cloudevents+json"
 CONTRACT_VERSION: Final = "v1"
 # Fixed forever: changing it would change every trigger id.
 _ID_NAMESPACE: Final = uuid.UUID("6f1c3b52-7d0e-5a43-9a3e-4d1f3b1c2e70")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NAMESPACE_BYTES: Final = _ID_NAMESPACE.bytes
 
 
 def trigger_id(moment: str, customer_id: str, anchor: str) -> str:
-    """The idempotency key of a trigger.
+    """The idempotency key of a trigger: the RFC 4122 name-based (SHA-1, version 5) UUID of
+    moment, customer and anchor event.
+
+    Equal to ``str(uuid.uuid5(namespace, name))``, built without the ``UUID`` object,
+    which costs more than the hash itself on a path taken for every trigger.
 
     >>> trigger_id("cart_abandonment", "c1", "e9") == trigger_id("cart_abandonment", "c1", "e9")
     True
+    >>> trigger_id("m", "c1", "e9") == str(uuid.uuid5(_ID_NAMESPACE, "m\x1fc1\x1fe9"))
+    True
     """
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{moment}\x1f{customer_id}\x1f{anchor}"))
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{moment}\x1f{customer_id}\x1f{anchor}".encode()).digest()
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def trigger_type(moment: str) -> str:
@@ -42,11 +55,13 @@ def trigger_type(moment: str) -> str:
 
 def format_time(ms: int) -> str:
     """RFC 3339, UTC, millisecond precision: ``format_time(0) == '1970-01-01T00:00:00.000Z'``."""
-    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, millis = divmod(ms, 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
 
 
 def to_cloudevent(detection: Detection, *, source: str, subject: str | None = None) -> dict[str, Any]:
     """The structured-mode CloudEvent; ``subject`` defaults to the customer id."""
+    detected_at = format_time(detection.ts)
     data: dict[str, Any] = {
         "moment": detection.moment,
         "customer_id": subject if subject is not None else detection.customer_id,
@@ -58,7 +73,7 @@ def to_cloudevent(detection: Detection, *, source: str, subject: str | None = No
         "evidence": detection.evidence,
         "journey_stage": detection.journey_stage,
         "window": detection.window,
-        "detected_at": format_time(detection.ts),
+        "detected_at": detected_at,
         "expires_at": format_time(detection.expires_at),
         "session_id": detection.session_id,
         "channel": detection.channel,
@@ -72,7 +87,7 @@ def to_cloudevent(detection: Detection, *, source: str, subject: str | None = No
         "source": source,
         "type": trigger_type(detection.moment),
         "subject": data["customer_id"],
-        "time": format_time(detection.ts),
+        "time": detected_at,
         "datacontenttype": DATA_CONTENT_TYPE,
         "data": data,
     }

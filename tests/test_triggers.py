@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 from helpers import SOURCE, at, decode, ev, raw, run
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.detection import Detection
 from app.triggers import encode, format_time, to_cloudevent, trigger_id
@@ -100,3 +103,17 @@ def test_a_subject_replaces_the_customer_id_but_not_the_id() -> None:
 )
 def test_time_format(ms: int, text: str) -> None:
     assert format_time(ms) == text
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_799_999))
+def test_time_format_agrees_with_datetime(ms: int) -> None:
+    expected = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=ms)
+    assert format_time(ms) == expected.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=60))
+def test_trigger_ids_are_the_rfc_4122_version_5_uuids(moment: str, customer: str, anchor: str) -> None:
+    namespace = uuid.UUID("6f1c3b52-7d0e-5a43-9a3e-4d1f3b1c2e70")  # fixed forever
+    assert trigger_id(moment, customer, anchor) == str(
+        uuid.uuid5(namespace, f"{moment}\x1f{customer}\x1f{anchor}")
+    )
