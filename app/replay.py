@@ -164,7 +164,8 @@ async def replay(
     """
     started = time.perf_counter()
     detector = Detector(catalogue)
-    pipeline = Pipeline(detector, store or MemoryStateStore())
+    # Not `store or ...`: an empty memory store has length 0, so it is falsy.
+    pipeline = Pipeline(detector, MemoryStateStore() if store is None else store)
     writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
     summary = Summary(files=len(paths))
 

@@ -12,6 +12,7 @@ from helpers import BAD_LINES, DEFAULTS, DETECTION_ONLY, decode, random_objects,
 from app.cli import main
 from app.decoding import Reason
 from app.replay import Problem, ReplayError, replay
+from app.state.memory import MemoryStateStore
 
 GOOD = [raw("compare_view", "0s", event_id="g1"), raw("add_to_cart", "1m", event_id="g2", product_id="p1")]
 
@@ -73,6 +74,13 @@ async def test_replay_output_matches_the_core_whatever_the_batch_size(tmp_path: 
         out = io.BytesIO()
         await replay([path], DEFAULTS, out=out, on_problem=pytest.fail, show_progress=False, batch_size=size)
         assert out.getvalue() == expected
+
+
+async def test_replay_keeps_its_states_in_the_store_it_is_given_even_an_empty_one(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [orjson.dumps(raw("page_view", "0s", customer="c1"))])
+    store = MemoryStateStore()
+    await replay([path], DEFAULTS, out=io.BytesIO(), on_problem=pytest.fail, show_progress=False, store=store)
+    assert set(await store.load(["c1"])) == {"c1"}
 
 
 # the command line
