@@ -107,6 +107,7 @@ class Detector:
             frozenset(int(kind) for kind in self.cart.kinds) if self._tracks_cart else frozenset()
         )
         self._caps = (self.retention, window.max_events, window.order_retention, window.max_orders)
+        self._max_events = window.max_events
         # What expires_at adds to each time a state holds: its span, extended by the lateness.
         self._lateness = window.allowed_lateness
         self._cooldown_spans = {
@@ -134,8 +135,13 @@ class Detector:
         elif contains_event(state, event.event_id):
             return DUPLICATE
         entry = self._entry(event, ts)
-        insert(state.entries, entry)
-        self._remember(state, event, ts)
+        if ts >= state.last_ts:
+            # The usual case: the customer's latest event. It goes last (the entries are
+            # sorted, and none is later than last_ts), and its context is the customer's now.
+            state.entries.append(entry)
+            self._remember(state, event, ts)
+        else:
+            insert(state.entries, entry)
         purchased: list[str] = []
         if isinstance(event, PurchaseEvent):
             purchased = [item.product_id for item in event.items]
@@ -152,7 +158,9 @@ class Detector:
                 if observation is QUIET:
                     observation = Observation()
                 self._decide(state, candidate, observation)
-        prune(state, *self._caps)
+        entries = state.entries
+        if entries[0].ts < state.last_ts - self.retention or len(entries) > self._max_events or state.orders:
+            prune(state, *self._caps)  # rarely needed: checked here first, without the call
         return observation
 
     def expire(self, state: CustomerState, now: int) -> Observation:
@@ -314,14 +322,18 @@ class Detector:
 
     @staticmethod
     def _remember(state: CustomerState, event: Event, ts: int) -> None:
-        if ts >= state.last_ts:
-            state.last_ts = ts
-            if event.session_id != state.session_id:
-                state.session_id = event.session_id
-                state.session_start = ts
-            state.channel = event.channel or state.channel
-            state.device = event.device or state.device
-            state.timezone = event.timezone or state.timezone
+        """The context of the customer's latest event: time, session, channel, device, time zone."""
+        state.last_ts = ts
+        if event.session_id != state.session_id:
+            state.session_id = event.session_id
+            state.session_start = ts
+        # Absent fields keep what is known; present ones are never empty strings.
+        if event.channel is not None:
+            state.channel = event.channel
+        if event.device is not None:
+            state.device = event.device
+        if event.timezone is not None:
+            state.timezone = event.timezone
 
     def _record_order(self, state: CustomerState, event: PurchaseEvent, ts: int, products: list[str]) -> None:
         if event.kind == Kind.REFUND:

@@ -71,18 +71,15 @@ def _check_ids(event: msgspec.Struct, fields: tuple[str, ...], joined: str) -> N
     """Every id field is one printable token: checked on all of them at once, then one by one."""
     if joined.isascii() and joined.isprintable() and " " not in joined:
         return
-    for field in fields:
+    for field in (*_ENVELOPE_IDS, *fields):
         value = getattr(event, field)
         if value is not None and not _is_id(value):
             raise ValueError(f"Expected `str` of printable characters without white space - at `$.{field}`")
 
 
 def _check_envelope(event: _Event, more_ids: tuple[str, ...] = (), joined: str = "") -> None:
-    _check_ids(
-        event,
-        (*_ENVELOPE_IDS, *more_ids),
-        event.event_id + event.customer_id + (event.session_id or "") + joined,
-    )
+    """The envelope's rules, and those of the ids ``more_ids`` (whose values, joined, are ``joined``)."""
+    _check_ids(event, more_ids, f"{event.event_id}{event.customer_id}{event.session_id or ''}{joined}")
     channel, zone = event.channel, event.timezone
     if channel is not None and channel not in _CHANNELS.valid:
         _CHANNELS.check(channel)
