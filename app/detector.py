@@ -182,6 +182,8 @@ class Detector:
     def next_deadline(self, state: CustomerState) -> int | None:
         """The next event time the customer needs waking at for the detector: cart or outcome."""
         cart = state.cart.deadline if state.cart is not None else None
+        if not state.pending:
+            return cart
         # An outcome at the very deadline still counts: an example is negative only after it.
         first = next_pending(state.pending)
         pending = None if first is None else first + 1

@@ -129,6 +129,7 @@ class StreamProcessor:
         observe = self.detector.observe
         clock = self.event_clock
         lateness, skew, heap = self._lateness, self._skew, self._heap
+        deadlines, touched = self._deadlines, outcome.touched
         for event in events:
             if isinstance(event, ForgetRequest):
                 # Whenever it happened: a request about data, not behaviour in event time.
@@ -161,7 +162,7 @@ class StreamProcessor:
             state = states.get(customer)
             if state is None:
                 state = states[customer] = CustomerState(customer_id=customer)
-            own = self._deadlines.get(customer)
+            own = deadlines.get(customer)
             if own is not None and own <= ts - lateness:
                 # The customer's own event proves their deadlines passed, whatever the stream
                 # clock (which trails on a sparse partition) says: fire them first, so the
@@ -170,8 +171,8 @@ class StreamProcessor:
             observation = observe(state, event, ts)
             if observation is QUIET:
                 statuses.append(Status.APPLIED)
-                outcome.touched.add(customer)
-                if state.cart is not None or state.pending or customer in self._deadlines:
+                touched.add(customer)
+                if state.cart is not None or state.pending or customer in deadlines:
                     self._collect(state, observation, outcome)
             elif observation.duplicate:
                 statuses.append(Status.DUPLICATE)
