@@ -12,6 +12,7 @@ between the two, so state is never ahead of the triggers it implies.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 
 import msgspec
 
@@ -79,7 +80,7 @@ class Pipeline:
         await self.open(events)
         customers: set[str] = set()
         for stream, stream_events in events.items():
-            customers.update(event.customer_id for event in stream_events)
+            customers.update(map(_customer_id, stream_events))
             customers |= self._processors[stream].due(stream_events)
         states, versions = await self._load(customers)
         outcomes = {
@@ -129,3 +130,6 @@ class Pipeline:
             {customer: v.state for customer, v in loaded.items()},
             {customer: v.version for customer, v in loaded.items()},
         )
+
+
+_customer_id = attrgetter("customer_id")

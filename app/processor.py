@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 
 import msgspec
 
@@ -33,6 +34,7 @@ from app.window import CustomerState
 END_OF_TIME = 2**62
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+_occurred_at = attrgetter("occurred_at")
 
 
 class Status(StrEnum):
@@ -107,7 +109,7 @@ class StreamProcessor:
         """
         if not self._deadlines or not events:
             return set()
-        latest = max(event.occurred_at for event in events)  # datetimes compare without conversion
+        latest = max(map(_occurred_at, events))  # datetimes compare without conversion
         watermark = max(self.clock or 0, (latest - _EPOCH) // _MILLISECOND) - self._lateness
         heap, current, found = self._heap, self._deadlines, set()
         # Walk only the heap's subtrees whose root is due: O(due), not O(pending).

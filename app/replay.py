@@ -224,7 +224,7 @@ async def replay(
             decoded = list(map(decode_event, chunk))
             lines: Sequence[int] = range(first, first + len(chunk))
             events = cast(list[Event], decoded)
-            if any(type(d) is Rejection for d in decoded):  # the rare case: sort the good from the bad
+            if Rejection in map(type, decoded):  # the rare case: sort the good from the bad
                 events, lines = [], []
                 for number, (raw, result) in enumerate(zip(chunk, decoded, strict=True), start=first):
                     if not isinstance(result, Rejection):

@@ -93,8 +93,10 @@ class Moment(ABC):
         boost = self.config.count_boost
         lowest = minimums or {}
         return combine(
-            min(weights[signal] + boost * (count - lowest.get(signal, 1)), MAX_RULE_SCORE)
-            for signal, count in counts.items()
+            [
+                min(weights[signal] + boost * (count - lowest.get(signal, 1)), MAX_RULE_SCORE)
+                for signal, count in counts.items()
+            ]
         )
 
     def candidate(
