@@ -18,17 +18,20 @@ the streaming worker and the tests run exactly this code.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, cast
 
 import msgspec
 
 from app.config import Catalogue
 from app.detection import Decider, Detection
 from app.events import (
+    CLICKSTREAM_KINDS,
+    FACT_KINDS,
+    PURCHASE_KINDS,
     ClickstreamEvent,
     ConsentEvent,
     Event,
-    ForgetRequest,
     Kind,
     PurchaseEvent,
     SuppressionEvent,
@@ -122,10 +125,11 @@ class Detector:
         An event id already in the window changes nothing, so reprocessing after
         a crash and producer retries are harmless.
         """
-        if isinstance(event, ConsentEvent | SuppressionEvent):
-            _record_fact(state, event, ts)
+        kind = event.kind
+        if kind in FACT_KINDS:
+            _record_fact(state, cast(ConsentEvent | SuppressionEvent, event), ts)
             return QUIET
-        if isinstance(event, ForgetRequest):
+        if kind == Kind.FORGET:
             return QUIET  # erasing is the stream processor's job: it drops the whole state
         if state.last_ts and ts - state.last_ts > self.retention and ts > self.expires_at(state):
             # Nothing held is of use any more. Stores drop such states in their own time
@@ -142,11 +146,12 @@ class Detector:
             self._remember(state, event, ts)
         else:
             insert(state.entries, entry)
-        purchased: list[str] = []
-        if isinstance(event, PurchaseEvent):
-            purchased = [item.product_id for item in event.items]
-            self._record_order(state, event, ts, purchased)
-        if entry.kind in self._cart_kinds:
+        purchased: Sequence[str] = ()
+        if kind in PURCHASE_KINDS:
+            order = cast(PurchaseEvent, event)
+            purchased = [item.product_id for item in order.items]
+            self._record_order(state, order, ts, purchased)
+        if kind in self._cart_kinds:
             self.cart.track(state, entry, purchased)
         observation = QUIET
         if state.pending:
@@ -312,14 +317,16 @@ class Detector:
 
     def _entry(self, event: Event, ts: int) -> Entry:
         kind = event.kind
-        if isinstance(event, ClickstreamEvent):
-            detail = event.step if kind == Kind.CHECKOUT_STEP else event.error_code
-            flags = 0 if event.error_code is None else self.vocabulary.signals(event)
+        if kind in CLICKSTREAM_KINDS:
+            click = cast(ClickstreamEvent, event)
+            detail = click.step if kind == Kind.CHECKOUT_STEP else click.error_code
+            flags = 0 if click.error_code is None else self.vocabulary.signals(click)
             return Entry(
-                ts, kind, event.event_id, event.product_id, event.category, event.price, flags, detail
+                ts, kind, click.event_id, click.product_id, click.category, click.price, flags, detail
             )
-        if isinstance(event, PurchaseEvent):
-            return Entry(ts, kind, event.event_id, None, None, event.total, 0, event.order_id)
+        if kind in PURCHASE_KINDS:
+            order = cast(PurchaseEvent, event)
+            return Entry(ts, kind, order.event_id, None, None, order.total, 0, order.order_id)
         return Entry(ts, kind, event.event_id, None, None, None, self.vocabulary.signals(event), None)
 
     @staticmethod

@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from operator import attrgetter
+from typing import cast
 
 import msgspec
 
 from app.clock import EventClock
 from app.detection import Detection
 from app.detector import QUIET, Detector, Observation
-from app.events import ConsentEvent, Event, ForgetRequest, SuppressionEvent
+from app.events import FACT_KINDS, Event, ForgetRequest, Kind
 from app.learning.labels import LabelledExample
 from app.policy import Judgement, Verdict
 from app.window import CustomerState
@@ -133,15 +134,15 @@ class StreamProcessor:
         lateness, skew, heap = self._lateness, self._skew, self._heap
         deadlines, touched = self._deadlines, outcome.touched
         for event in events:
-            if isinstance(event, ForgetRequest):
+            if event.kind == Kind.FORGET:
                 # Whenever it happened: a request about data, not behaviour in event time.
-                self._forget(event, states, outcome)
+                self._forget(cast(ForgetRequest, event), states, outcome)
                 statuses.append(Status.FORGOTTEN)
                 continue
             ts = event.ts
             now = clock.time
             if now is not None and ts < now - lateness:
-                if isinstance(event, ConsentEvent | SuppressionEvent):
+                if event.kind in FACT_KINDS:
                     # What a customer allows is a fact, not behaviour: recorded however late
                     # (the latest in event time wins), without moving the clock.
                     customer = event.customer_id

@@ -12,7 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.decoding import Reason, Rejection, decode_event
-from app.events import ClickstreamEvent, PurchaseEvent, SearchEvent
+from app.events import (
+    CLICKSTREAM_KINDS,
+    EVENT_TYPES,
+    FACT_KINDS,
+    PURCHASE_KINDS,
+    STRUCTS,
+    ClickstreamEvent,
+    ConsentEvent,
+    ForgetRequest,
+    Kind,
+    PurchaseEvent,
+    SearchEvent,
+    SuppressionEvent,
+)
 
 
 @pytest.mark.parametrize("reason", list(Reason))
@@ -131,3 +144,14 @@ def test_nearly_valid_events_never_raise(event_type: str, changes: dict[str, Any
     obj = raw(event_type, query="tv", order_id="o1") | changes
     assert_decodes_or_rejects(orjson.dumps(obj))
     assert_decodes_or_rejects(orjson.dumps(obj).decode("utf-8"))
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_the_kind_groups_agree_with_the_structs(event_type: str) -> None:
+    # The core dispatches on these groups instead of isinstance, and casts accordingly.
+    kind, struct = Kind.of(event_type), STRUCTS[event_type]
+    assert struct.kind == kind
+    assert (kind in CLICKSTREAM_KINDS) == issubclass(struct, ClickstreamEvent)
+    assert (kind in PURCHASE_KINDS) == issubclass(struct, PurchaseEvent)
+    assert (kind in FACT_KINDS) == issubclass(struct, ConsentEvent | SuppressionEvent)
+    assert (kind == Kind.FORGET) == issubclass(struct, ForgetRequest)

@@ -11,6 +11,7 @@ ones left when the input ends. Signals: ``cart_idle`` always, plus
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from app.durations import Duration, format_duration
 from app.events import Kind
@@ -34,7 +35,7 @@ class CartAbandonment(Moment):
     def evaluate(self, state: CustomerState, entry: Entry) -> Candidate | None:
         return None
 
-    def track(self, state: CustomerState, entry: Entry, purchased: list[str]) -> None:
+    def track(self, state: CustomerState, entry: Entry, purchased: Sequence[str]) -> None:
         """Arm, move or disarm the deadline for ``entry`` (one of :attr:`kinds`)."""
         cart = state.cart
         if entry.kind == Kind.PURCHASE:
