@@ -25,6 +25,8 @@ QUORUM: Final = 3
 
 
 class EventClock:
+    __slots__ = ("_recent", "time")  # read for every event
+
     def __init__(self, time: int | None = None, recent: Iterable[int] = ()) -> None:
         self.time = time
         self._recent: deque[int] = deque(recent, maxlen=QUORUM)
