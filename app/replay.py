@@ -167,7 +167,8 @@ async def replay(
     started = time.perf_counter()
     detector = Detector(catalogue)
     # Not `store or ...`: an empty memory store has length 0, so it is falsy.
-    pipeline = Pipeline(detector, MemoryStateStore() if store is None else store)
+    # Shared: replay saves every state it changes and never redoes a batch.
+    pipeline = Pipeline(detector, MemoryStateStore(shared=True) if store is None else store)
     writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
     summary = Summary(files=len(paths))
 

@@ -21,10 +21,10 @@ DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
 DETECTION_ONLY = Path(__file__).parent.parent / "fixtures" / "scenarios" / "detection-only.toml"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "memory-shared", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        yield MemoryStateStore()
+    if request.param.startswith("memory"):
+        yield MemoryStateStore(shared=request.param == "memory-shared")
         return
     server = request.getfixturevalue("redis_server")
     client = aioredis.Redis.from_url(server.url)
@@ -169,14 +169,14 @@ async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> 
 
 async def test_replay_gives_the_same_triggers_on_either_store(redis_client: aioredis.Redis) -> None:
     outputs = []
-    for store in (MemoryStateStore(), RedisStateStore(redis_client)):
+    for store in (MemoryStateStore(), MemoryStateStore(shared=True), RedisStateStore(redis_client)):
         out = _Sink()
         await replay(
             [DEMO], load_catalogue(), out=out, on_problem=pytest.fail, store=store, show_progress=False
         )
         outputs.append(out.data)
     assert outputs[0].count(b"\n") > 100
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] == outputs[2]
 
 
 async def test_triggers_do_not_depend_on_when_a_store_drops_idle_customers(tmp_path: Path) -> None:
@@ -280,3 +280,16 @@ class _Sink:
     def write(self, chunk: bytes) -> int:
         self.data += chunk
         return len(chunk)
+
+
+async def test_a_state_changed_but_not_saved_leaves_the_store_as_it_was(store: StateStore) -> None:
+    # What lets the worker redo a batch that failed after changing its states. The shared
+    # memory store is for replay, which never does: its loads are the stored objects.
+    await store.save([StreamSave("p0", [write(rich_state())], None, {})])
+    loaded = (await store.load(["c1"]))["c1"].state
+    loaded.entries.clear()
+    loaded.cooldowns["review_seeking"] = 5_000
+    again = (await store.load(["c1"]))["c1"].state
+    shared = isinstance(store, MemoryStateStore) and store.shared
+    assert (again == loaded) is shared
+    assert (again == rich_state()) is not shared

@@ -4,6 +4,14 @@ Idle customers expire in event time: a state saved with ``expires_at`` is
 dropped once a later save moves the clock past it, so memory stays flat however
 many customers come and go. (The detector forgets such a state on its own as
 well, so triggers never depend on when a store drops it.)
+
+By default states are kept serialised, as Redis keeps them: a load returns a
+copy, so a batch that fails after changing its states leaves the store as it
+was, and can be redone (the streaming worker with ``MM_REDIS_URL=memory://``).
+A ``shared`` store keeps and hands out the state objects themselves, skipping
+serialisation both ways: for a caller that saves every state it changes and
+never redoes a batch, which is what replay does. It costs memory (about 1.8 KB
+more a customer than the 0.8 KB serialised) for speed (about 5% of a replay).
 """
 
 from __future__ import annotations
@@ -13,11 +21,14 @@ from collections.abc import Collection, Sequence
 
 from app.state.codec import decode_state, encode_state
 from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
+from app.window import CustomerState
 
 
 class MemoryStateStore:
-    def __init__(self) -> None:
-        self._blobs: dict[str, tuple[bytes, int, int]] = {}  # customer -> (state, version, expires_at)
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
+        # customer -> (state: serialised unless shared, version, expires_at)
+        self._blobs: dict[str, tuple[bytes | CustomerState, int, int]] = {}
         self._expiry: list[tuple[int, str]] = []
         self._clocks: dict[str, tuple[int | None, list[int]]] = {}
         self._deadlines: dict[str, dict[str, int]] = {}
@@ -30,7 +41,10 @@ class MemoryStateStore:
         for customer in customers:
             stored = self._blobs.get(customer)
             if stored is not None:
-                found[customer] = Versioned(decode_state(stored[0]), stored[1])
+                state = stored[0]
+                found[customer] = Versioned(
+                    state if isinstance(state, CustomerState) else decode_state(state), stored[1]
+                )
         return found
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
@@ -47,10 +61,11 @@ class MemoryStateStore:
             raise ConflictError(conflicts)
         for customer in erased:
             blobs.pop(customer, None)
-        expiry = self._expiry
+        expiry, shared = self._expiry, self.shared
         for write in writes:
             customer = write.state.customer_id
-            blobs[customer] = (encode_state(write.state), write.expected_version + 1, write.expires_at)
+            state = write.state if shared else encode_state(write.state)
+            blobs[customer] = (state, write.expected_version + 1, write.expires_at)
             heapq.heappush(expiry, (write.expires_at, customer))
         if len(self._expiry) > 2 * len(self._blobs) + 1024:
             # Every save pushes; shed the entries later saves made stale.
