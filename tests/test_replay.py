@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 from pathlib import Path
 
@@ -156,3 +157,18 @@ def test_cli_config_changes_the_output(tmp_path: Path) -> None:
 
     assert b"micromoment.local_intent.v1" in default_out.read_bytes()
     assert strict_out.read_bytes() == b""
+
+
+async def test_replay_pauses_the_cycle_collector_and_restores_it(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "s.jsonl", [b"not json"])
+    enabled_while_replaying: list[bool] = []
+    assert gc.isenabled()
+    await replay(
+        [path],
+        DEFAULTS,
+        out=io.BytesIO(),
+        on_problem=lambda _: enabled_while_replaying.append(gc.isenabled()),
+        show_progress=False,
+    )
+    assert enabled_while_replaying == [False]
+    assert gc.isenabled()
