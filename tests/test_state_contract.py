@@ -24,7 +24,8 @@ DETECTION_ONLY = Path(__file__).parent.parent / "fixtures" / "scenarios" / "dete
 @pytest.fixture(params=["memory", "memory-shared", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param.startswith("memory"):
-        yield MemoryStateStore(shared=request.param == "memory-shared")
+        # Sharing only one object: both kinds of stored state are exercised.
+        yield MemoryStateStore(shared=1 if request.param == "memory-shared" else 0)
         return
     server = request.getfixturevalue("redis_server")
     client = aioredis.Redis.from_url(server.url)
@@ -169,7 +170,7 @@ async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> 
 
 async def test_replay_gives_the_same_triggers_on_either_store(redis_client: aioredis.Redis) -> None:
     outputs = []
-    for store in (MemoryStateStore(), MemoryStateStore(shared=True), RedisStateStore(redis_client)):
+    for store in (MemoryStateStore(), MemoryStateStore(shared=50), RedisStateStore(redis_client)):
         out = _Sink()
         await replay(
             [DEMO], load_catalogue(), out=out, on_problem=pytest.fail, store=store, show_progress=False
@@ -290,6 +291,17 @@ async def test_a_state_changed_but_not_saved_leaves_the_store_as_it_was(store: S
     loaded.entries.clear()
     loaded.cooldowns["review_seeking"] = 5_000
     again = (await store.load(["c1"]))["c1"].state
-    shared = isinstance(store, MemoryStateStore) and store.shared
+    shared = isinstance(store, MemoryStateStore) and store.shared > 0
     assert (again == loaded) is shared
     assert (again == rich_state()) is not shared
+
+
+async def test_a_shared_memory_store_serialises_all_but_the_latest_saved_states() -> None:
+    store = MemoryStateStore(shared=2)
+    for n, customer in enumerate(["c1", "c2", "c3", "c1"]):
+        await store.save([StreamSave("p0", [write(rich_state(customer), version=n // 3)], None, {})])
+    kept = {customer: isinstance(stored[0], CustomerState) for customer, stored in store._blobs.items()}
+    assert kept == {"c1": True, "c2": False, "c3": True}
+    loaded = await store.load(["c1", "c2", "c3"])
+    assert {customer: v.state for customer, v in loaded.items()} == {c: rich_state(c) for c in kept}
+    assert {customer: v.version for customer, v in loaded.items()} == {"c1": 2, "c2": 1, "c3": 1}
