@@ -174,9 +174,8 @@ async def replay(
     """
     started = time.perf_counter()
     detector = Detector(catalogue)
-    # Not `store or ...`: an empty memory store has length 0, so it is falsy.
-    # Replay saves every state it changes and never redoes a batch: the states of the
-    # customers active now need no copies.
+    # Replay saves every state it changes and never redoes a batch, so the states of the
+    # customers active now need no copies. (`is None`, not `or`: an empty store is falsy.)
     store = MemoryStateStore(shared=SHARED_STATES) if store is None else store
     pipeline = Pipeline(detector, store)
     writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
