@@ -148,8 +148,9 @@ class Kind:
 
 _KINDS: Final = {name: code for code, name in enumerate(Kind.NAMES)}
 # The codes by kind of event. Hot paths test these rather than the struct types:
-# ``isinstance`` on a msgspec struct costs about 150 ns (its metaclass's check),
-# several times an event; an int in a frozenset costs a fifth of that.
+# ``isinstance`` on a msgspec struct goes through its metaclass's check: about 70 ns
+# against one class, 130-180 ns against several, several times an event; an int in a
+# frozenset costs 24 ns (timeit, this machine).
 CLICKSTREAM_KINDS: Final = frozenset(range(Kind.PAGE_VIEW, Kind.ERROR + 1))
 PURCHASE_KINDS: Final = frozenset({Kind.PURCHASE, Kind.REFUND})
 FACT_KINDS: Final = frozenset({Kind.CONSENT, Kind.SUPPRESSION})
