@@ -237,6 +237,7 @@ async def replay(
             decoded = list(map(decode_event, chunk))
             lines: Sequence[int] = range(first, first + len(chunk))
             events = cast(list[Event], decoded)
+            blank = 0
             if Rejection in map(type, decoded):  # the rare case: sort the good from the bad
                 events, lines = [], []
                 for number, (raw, result) in enumerate(zip(chunk, decoded, strict=True), start=first):
@@ -245,7 +246,9 @@ async def replay(
                         lines.append(number)
                     elif raw.strip():
                         found.append((number, Problem(file, number, result.reason.value, result.detail)))
-            summary.read += len(events) + len(found)  # ``found`` holds only this chunk's rejections
+                    else:
+                        blank += 1
+            summary.read += len(chunk) - blank
             await run(file, events, lines)
         await pipeline.open([REPLAY_STREAM])
         await finish(await pipeline.flush(REPLAY_STREAM))
