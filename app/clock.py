@@ -1,52 +1,99 @@
-"""A stream's "now" in event time, robust to single bad timestamps.
+"""A stream's "now" in event time, which no single customer or device can drag forward.
 
-The clock follows the stream's timestamps, but only up to a time that
-``QUORUM`` consecutive events vouch for: it is the highest minimum over any
-``QUORUM`` consecutive timestamps. One event from a device whose clock is a
-day (or 70 years) ahead cannot drag the stream's watermark along — which
-would make every honest event late and fire every pending deadline — while a
-real jump, say after a quiet night on a partition, is followed as soon as a
-few events confirm it.
+The clock is the latest time that ``QUORUM`` *distinct* customers have all
+reached: it remembers the latest timestamp of each of the last ``QUORUM``
+customers seen and moves to the lowest of them when that is later than where
+it stands. A device whose clock is a day (or 70 years, or five hours) ahead
+can send as many events as it likes: it is one voter, and the others hold the
+stream's time where it is, so it can neither make every honest event late nor
+fire every pending deadline. A real jump of the whole stream (a quiet night
+ends) is followed as soon as ``QUORUM`` customers confirm it. A device far
+behind only delays the clock while it is among the last voters: the clock
+never moves back.
 
 >>> clock = EventClock()
->>> [clock.observe(ts) for ts in (100, 105, 9_999_999, 110, 120)]
-[None, None, 100, 105, 110]
+>>> [clock.observe(ts, who) for ts, who in [(100, "a"), (105, "b"), (9_999_999, "x"), (9_999_999, "x")]]
+[None, None, 100, None]
+>>> [clock.observe(ts, who) for ts, who in [(9_999_999, "x"), (110, "a"), (120, "b")]]
+[None, 105, 110]
 >>> clock.time
 110
+
+A checkpoint keeps the voters' latest times under a 16-bit tag of their id
+(:func:`voter_tag`), not the id: enough to recognise a voter across a
+restart, too coarse to tell who they are.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import zlib
 from collections.abc import Iterable
 from typing import Final
 
 QUORUM: Final = 3
 
 
-class EventClock:
-    __slots__ = ("_recent", "time")  # read for every event
+def voter_tag(customer: str) -> int:
+    """A stable 16-bit tag of a customer id: shared by thousands of ids, so it names nobody.
 
-    def __init__(self, time: int | None = None, recent: Iterable[int] = ()) -> None:
+    >>> voter_tag("c-1") == voter_tag("c-1"), 0 <= voter_tag("c-1") < 2**16
+    (True, True)
+    """
+    return zlib.crc32(customer.encode()) & 0xFFFF
+
+
+class EventClock:
+    __slots__ = ("_restored", "_voters", "time")  # read for every event
+
+    def __init__(self, time: int | None = None, recent: Iterable[tuple[int, int]] = ()) -> None:
         self.time = time
-        self._recent: deque[int] = deque(recent, maxlen=QUORUM)
+        # Voter -> their latest time, least recently seen first: customer ids, or the tags
+        # of voters restored from a checkpoint until they are seen again or leave.
+        self._voters: dict[str | int, int] = dict(recent)
+        self._restored = bool(self._voters)
 
     @property
-    def recent(self) -> list[int]:
-        """The timestamps still waiting for company; part of a stream's checkpoint."""
-        return list(self._recent)
+    def recent(self) -> list[tuple[int, int]]:
+        """The voters as (tag, latest time), least recently seen first: part of a stream's checkpoint."""
+        return [
+            (voter if isinstance(voter, int) else voter_tag(voter), ts) for voter, ts in self._voters.items()
+        ]
 
-    def observe(self, ts: int) -> int | None:
-        """Count an event's time in; the new time if the clock moved forward, else None."""
-        recent = self._recent
-        recent.append(ts)
-        if len(recent) < QUORUM:
+    def observe(self, ts: int, customer: str) -> int | None:
+        """Count ``customer``'s event at ``ts`` in; the new time if the clock moved forward, else None."""
+        voters = self._voters
+        voter: str | int = customer
+        if self._restored:
+            voter = self._restored_voter(customer)
+        known = voters.pop(voter, None)
+        voters[voter] = ts if known is None or ts > known else known
+        if len(voters) < QUORUM:
             return None
-        confirmed = min(recent)
+        if len(voters) > QUORUM:
+            del voters[next(iter(voters))]
+        confirmed = min(voters.values())
         if self.time is None or confirmed > self.time:
             self.time = confirmed
             return confirmed
         return None
 
+    def advance(self, to: int) -> bool:
+        """Move the clock to ``to`` if that is later (the deployment's time reached this stream); moved?"""
+        if self.time is None or to > self.time:
+            self.time = to
+            return True
+        return False
+
     def copy(self) -> EventClock:
-        return EventClock(self.time, self._recent)
+        clock = EventClock(self.time)
+        clock._voters = dict(self._voters)
+        clock._restored = self._restored
+        return clock
+
+    def _restored_voter(self, customer: str) -> str | int:
+        """``customer``, or the tag it was restored under: a voter counts once across a restart."""
+        tag = voter_tag(customer)
+        if tag in self._voters:
+            return tag
+        self._restored = any(isinstance(v, int) for v in self._voters)
+        return customer

@@ -7,7 +7,9 @@ as a metric label) and a human-readable detail.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from itertools import accumulate
 from typing import Final, Union
 
 import msgspec
@@ -15,6 +17,10 @@ import msgspec
 from app.events import STRUCTS, Event
 
 MAX_EVENT_BYTES: Final = 64 * 1024
+# Arrays and objects nested deeper than this are refused before parsing: no event needs
+# more than three levels (a purchase's items), and a parser recursing once per level
+# would otherwise hit Python's recursion limit on a record made of brackets.
+MAX_NESTING: Final = 32
 # Years outside this range are typos or unit mix-ups (seconds read as milliseconds).
 MIN_YEAR: Final = 2000
 MAX_YEAR: Final = 2100
@@ -33,6 +39,9 @@ class Reason(StrEnum):
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     BAD_TIMESTAMP = "bad_timestamp"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    NESTED_TOO_DEEP = "nested_too_deep"
+    # Decoding raised where it should have said why: a defect, reported rather than crashing.
+    INTERNAL_ERROR = "internal_error"
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -73,11 +82,20 @@ def decode_event(raw: bytes | bytearray | memoryview | str) -> Event | Rejection
     if len(raw) > MAX_EVENT_BYTES:
         return Rejection(Reason.TOO_LARGE, f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
     try:
-        event: Event = _decoder.decode(raw)
+        data = raw.encode() if isinstance(raw, str) else bytes(raw)
+        if data.count(b"[") + data.count(b"{") > MAX_NESTING and nesting(data) > MAX_NESTING:
+            return Rejection(
+                Reason.NESTED_TOO_DEEP, f"arrays and objects are nested deeper than {MAX_NESTING} levels"
+            )
+        event: Event = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         return Rejection(_classify(exc), str(exc))
     except msgspec.DecodeError as exc:
         return Rejection(Reason.NOT_JSON, str(exc))
+    except RecursionError:
+        return Rejection(Reason.NESTED_TOO_DEEP, "arrays and objects are nested too deep to parse")
+    except Exception as exc:
+        return Rejection(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
     year = event.occurred_at.year
     if not MIN_YEAR <= year <= MAX_YEAR:
         return Rejection(
@@ -85,3 +103,24 @@ def decode_event(raw: bytes | bytearray | memoryview | str) -> Event | Rejection
             f"occurred_at year {year} is outside {MIN_YEAR}..{MAX_YEAR}",
         )
     return event
+
+
+# A JSON string (quotes, and any escaped character within), removed before counting brackets.
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"?')
+_BRACKETS: Final = bytes(range(256)).translate(None, b"[]{}")
+# Per byte: +1 opens a level, -1 closes one.
+_STEP: Final = [0] * 256
+for _open in b"[{":
+    _STEP[_open] = 1
+for _close in b"]}":
+    _STEP[_close] = -1
+
+
+def nesting(data: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text ``data`` (brackets in strings aside).
+
+    >>> nesting(b'{"a": [1, {"b": "[[["}]}'), nesting(b"[]"), nesting(b'"x"')
+    (3, 1, 0)
+    """
+    brackets = _STRING.sub(b"", data).translate(None, _BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)

@@ -7,11 +7,17 @@ between: :meth:`Pipeline.run` loads every state the batch needs — across all
 its streams, in one store round trip — and runs the core; :meth:`Pipeline.commit`
 saves what changed, again in one round trip. The worker publishes the triggers
 between the two, so state is never ahead of the triggers it implies.
+
+No event can stop a batch. When applying one raises, the batch is redone from
+the states as stored, without that event (its status says ``internal_error``,
+its outcome's ``failures`` why); when firing a customer's deadline raises, it
+is redone with that deadline dropped (``broken``). Both are as deterministic
+as the fault: replay and the worker skip the same events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 
 import msgspec
@@ -21,8 +27,18 @@ from app.detection import Detection
 from app.detector import Detector
 from app.events import Event, ForgetRequest
 from app.learning.labels import LabelledExample
-from app.processor import Outcome, StreamProcessor
-from app.state.store import StateStore, StateWrite, StreamSave
+from app.processor import (
+    Broken,
+    DeadlineFailed,
+    EventFailed,
+    Outcome,
+    Render,
+    Status,
+    StreamProcessor,
+    describe_error,
+)
+from app.state.codec import decode_state
+from app.state.store import StateStore, StateWrite, StreamSave, Versioned
 from app.window import CustomerState
 
 
@@ -31,6 +47,8 @@ class Batch(msgspec.Struct, gc=False):
     outcomes: dict[str, Outcome]
     states: dict[str, CustomerState]
     versions: dict[str, int]
+    # What raised while the batch was processed (each handled as its outcome says): for logs.
+    errors: list[Exception] = msgspec.field(default_factory=list)
 
     @property
     def detections(self) -> list[Detection]:
@@ -50,11 +68,29 @@ class Batch(msgspec.Struct, gc=False):
         return [r for outcome in self.outcomes.values() for r in outcome.forgotten]
 
 
+Step = Callable[[dict[str, CustomerState]], dict[str, Outcome]]
+
+
 class Pipeline:
-    def __init__(self, detector: Detector, store: StateStore) -> None:
+    def __init__(self, detector: Detector, store: StateStore, *, render: Render | None = None) -> None:
+        """``render`` builds each trigger's record as the core routes it (see :class:`StreamProcessor`).
+
+        Parameters
+        ----------
+        detector
+            The detection core every stream runs.
+        store
+            Where customers' states and streams' checkpoints are kept.
+        render
+            Turns a detection into its (key, value) record; a trigger that cannot be
+            built then fails only the event that made it.
+        """
         self.detector = detector
         self.store = store
+        self.render = render
         self._processors: dict[str, StreamProcessor] = {}
+        # Deadlines that could not be fired, and why: dropped instead when due again.
+        self._broken: Broken = {}
 
     async def open(self, streams: Iterable[str]) -> None:
         """Resume streams not open yet from their checkpoints in the store."""
@@ -65,6 +101,8 @@ class Pipeline:
                     self.detector,
                     clock=EventClock(checkpoint.clock, checkpoint.recent),
                     deadlines=checkpoint.deadlines,
+                    render=self.render,
+                    broken=self._broken,
                 )
 
     def close(self, streams: Iterable[str]) -> None:
@@ -75,25 +113,114 @@ class Pipeline:
     def processor(self, stream: str) -> StreamProcessor:
         return self._processors[stream]
 
-    async def run(self, events: Mapping[str, Sequence[Event]]) -> Batch:
-        """Process each stream's events, in order; the states they need are loaded at once."""
-        await self.open(events)
-        customers: set[str] = set()
+    @property
+    def clocks(self) -> dict[str, int]:
+        """The event-time clock of every open stream that has one."""
+        return {s: p.clock for s, p in self._processors.items() if p.clock is not None}
+
+    async def run(
+        self,
+        events: Mapping[str, Sequence[Event]],
+        *,
+        advance: Mapping[str, int] | None = None,
+        reference: int | None = None,
+        holds: Mapping[str, int] | None = None,
+    ) -> Batch:
+        """Process each stream's events, in order; the states they need are loaded at once.
+
+        Parameters
+        ----------
+        events
+            Stream -> its events, in the order they are to be applied.
+        advance
+            Quiet streams (with no events here) -> the event time the rest of the
+            deployment has reached: their clocks follow it (:meth:`StreamProcessor.advance`).
+        reference
+            The event time the deployment has reached: events are too far ahead only
+            beyond it as well (:meth:`StreamProcessor.process`).
+        holds
+            Stream -> the earliest event time a lagging input of it may still deliver.
+
+        Returns
+        -------
+        Batch
+            Per stream its outcome, statuses aligned with its events; the states to save.
+        """
+        streams = [*events, *(s for s in advance or () if s not in events)]
+        await self.open(streams)
+        customers: dict[str, set[str]] = {}
         for stream, stream_events in events.items():
-            customers.update(map(_customer_id, stream_events))
-            customers |= self._processors[stream].due(stream_events)
-        states, versions = await self._load(customers)
-        outcomes = {
-            stream: self._processors[stream].process(stream_events, states)
-            for stream, stream_events in events.items()
-        }
-        return Batch(outcomes, states, versions)
+            customers[stream] = set(map(_customer_id, stream_events)) | self._processors[stream].due(
+                stream_events
+            )
+        for stream, to in (advance or {}).items():
+            if stream not in events:
+                customers[stream] = self._processors[stream].due((), to)
+        skipped: dict[str, dict[int, str]] = {}
+
+        def step(states: dict[str, CustomerState]) -> dict[str, Outcome]:
+            outcomes = {}
+            for stream, stream_events in events.items():
+                processor, skip = self._processors[stream], skipped.get(stream, {})
+                kept = [i for i in range(len(stream_events)) if i not in skip] if skip else None
+                try:
+                    outcome = processor.process(
+                        [stream_events[i] for i in kept] if kept is not None else stream_events,
+                        states,
+                        reference=reference,
+                        hold=(holds or {}).get(stream),
+                    )
+                except EventFailed as failed:
+                    index = kept[failed.index] if kept is not None else failed.index
+                    skipped.setdefault(stream, {})[index] = describe_error(failed.error)
+                    raise
+                if skip:
+                    outcome.statuses = _with_failures(outcome.statuses, skip)
+                    outcome.failures = dict(skip)
+                outcomes[stream] = outcome
+            for stream, to in (advance or {}).items():
+                if stream not in events:
+                    outcomes[stream] = self._processors[stream].advance(to, states)
+            return outcomes
+
+        return await self._guarded(customers, step)
 
     async def flush(self, stream: str) -> Batch:
         """Fire every deadline still pending on ``stream``: the end of a replay's input."""
-        processor = self._processors[stream]
-        states, versions = await self._load(set(processor.deadlines))
-        return Batch({stream: processor.flush(states)}, states, versions)
+        return await self._guarded(
+            {stream: set(self._processors[stream].deadlines)},
+            lambda states: {stream: self._processors[stream].flush(states)},
+        )
+
+    async def _guarded(self, customers: dict[str, set[str]], step: Step) -> Batch:
+        """``step`` over the states of ``customers`` (by stream), redone from their stored states on failure.
+
+        Each failure leaves out one more event, or one more customer's deadline, so this ends.
+        A store may have handed out the very objects a failed attempt changed (replay's):
+        every state restored is then saved again, as it was restored.
+        """
+        streams = list(customers)
+        loaded = await self.store.load(set().union(*customers.values()))
+        errors: list[Exception] = []
+        while True:
+            states = {customer: v.state for customer, v in loaded.items()}
+            try:
+                outcomes = step(states)
+            except (EventFailed, DeadlineFailed) as failure:
+                errors.append(failure.error)
+                if isinstance(failure, DeadlineFailed):
+                    key = (failure.customer, failure.deadline)
+                    if key in self._broken:
+                        raise RuntimeError(f"a dropped deadline fired again: {failure}") from failure
+                    self._broken[key] = describe_error(failure.error)
+                loaded = _restored(loaded)
+                self.close(streams)
+                await self.open(streams)
+                continue
+            if errors:
+                for stream, outcome in outcomes.items():
+                    outcome.touched |= customers[stream] & loaded.keys()
+            return Batch(outcomes, states, {c: v.version for c, v in loaded.items()}, errors)
 
     async def commit(self, batch: Batch) -> None:
         """Save every changed state and each stream's checkpoint, all at once."""
@@ -124,12 +251,16 @@ class Pipeline:
         """When the stored state may go: its behaviour's use, or its consent facts' retention."""
         return max(self.detector.expires_at(state), self.detector.policy.retention_end(state) or 0)
 
-    async def _load(self, customers: set[str]) -> tuple[dict[str, CustomerState], dict[str, int]]:
-        loaded = await self.store.load(customers)
-        return (
-            {customer: v.state for customer, v in loaded.items()},
-            {customer: v.version for customer, v in loaded.items()},
-        )
+
+def _restored(loaded: dict[str, Versioned]) -> dict[str, Versioned]:
+    """The states as they were stored, whatever a failed attempt did to them."""
+    return {c: Versioned(decode_state(v.stored), v.version, v.stored) for c, v in loaded.items()}
+
+
+def _with_failures(statuses: list[Status], failed: Mapping[int, str]) -> list[Status]:
+    """The statuses of the events kept, with ``internal_error`` put back where the others were."""
+    kept = iter(statuses)
+    return [Status.INTERNAL_ERROR if i in failed else next(kept) for i in range(len(statuses) + len(failed))]
 
 
 _customer_id = attrgetter("customer_id")

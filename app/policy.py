@@ -26,7 +26,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -220,7 +220,13 @@ def _clock(text: str) -> time:
 
 @lru_cache(maxsize=512)
 def _zone(name: str) -> ZoneInfo | None:
+    """The zone named ``name``, or None for anything that is not one.
+
+    Events are checked against the zone database as they are decoded, but a state
+    stored before that (or under another database) may name anything: whatever
+    ZoneInfo raises for it (``IsADirectoryError`` for "Europe") means "no zone".
+    """
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except Exception:
         return None

@@ -1,22 +1,42 @@
 """Event time for one stream: a replay, or one Kafka partition.
 
-The :class:`StreamProcessor` owns the stream's :class:`~app.clock.EventClock`
-(the latest ``occurred_at`` that several events confirm), derives the
-watermark (clock minus the allowed lateness), skips late events, rejects
-events absurdly far ahead, fires absence deadlines as the watermark passes
-them, and hands everything else to the :class:`Detector`.
+Two kinds of "late", each judged where it matters:
 
-Processing a batch is exactly processing its events one by one: the result
-does not depend on how the stream was cut into batches. The caller supplies the
-states of every customer the batch touches, including those whose deadlines
-fall due (:meth:`StreamProcessor.due`), and persists what comes back.
+- **A customer's window is affected only by that customer's events.** An event
+  is applied unless it is more than ``allowed_lateness`` older than the latest
+  event *of its own customer* (whose window, kept that much longer, can still
+  evaluate it exactly as of its own time). One customer's clock, or a busier
+  topic, can never make another customer's events late. A customer with no live
+  state has nothing to compare with: their event is judged against the stream's
+  watermark instead.
+- **What only the passing of time decides** — an absence deadline (an abandoned
+  cart), an outcome that never came, the end of quiet hours — follows the
+  stream's watermark: its :class:`~app.clock.EventClock` (the time several
+  distinct customers agree on) minus the allowed lateness, held back by whatever
+  the caller knows may still come (``hold``: a lagging topic's position), and
+  moved forward by what the caller knows of the rest of the deployment
+  (:meth:`StreamProcessor.advance`, for a stream that has fallen quiet).
+
+Events further than ``max_future_skew`` ahead of the stream's time (or of the
+deployment's, ``reference``) are rejected; late ones are returned as
+:attr:`Status.LATE` for the caller to dead-letter. Processing a batch is
+exactly processing its events one by one: the result does not depend on how
+the stream was cut into batches. The caller supplies the states of every
+customer the batch touches, including those whose deadlines fall due
+(:meth:`StreamProcessor.due`), and persists what comes back.
+
+An exception while applying one event raises :class:`EventFailed` (its index
+in the batch); one while firing a customer's deadline raises
+:class:`DeadlineFailed`. The caller then redoes the batch from the states as
+they were without that event, or skipping that customer's deadline
+(``broken``): see :class:`app.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from operator import attrgetter
@@ -30,32 +50,65 @@ from app.detector import QUIET, Detector, Observation
 from app.events import FACT_KINDS, Event, ForgetRequest, Kind
 from app.learning.labels import LabelledExample
 from app.policy import Judgement, Verdict
-from app.window import CustomerState
+from app.window import CustomerState, contains_event
 
 END_OF_TIME = 2**62
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _occurred_at = attrgetter("occurred_at")
+# A trigger as published: (key, value).
+Record = tuple[bytes, bytes]
+Render = Callable[[Detection], Record]
 
 
 class Status(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
+    # More than the allowed lateness behind its customer's latest event (or, for a
+    # customer with no live state, behind the stream's watermark): dead-lettered.
     LATE = "late"
     # A ``forget`` request: everything held about the customer goes.
     FORGOTTEN = "forgotten"
-    # Rejected: further ahead of the stream clock than ``max_future_skew``.
+    # Rejected: further ahead of the stream's time than ``max_future_skew``.
     TOO_FAR_AHEAD = "timestamp_out_of_range"
+    # Applying it raised: the batch went on without it (see EventFailed).
+    INTERNAL_ERROR = "internal_error"
+
+
+class EventFailed(Exception):
+    """Applying the batch's event at ``index`` raised ``error``."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"event {index} of the batch: {describe_error(error)}")
+        self.index = index
+        self.error = error
+
+
+class DeadlineFailed(Exception):
+    """Firing ``customer``'s ``deadline`` raised ``error``."""
+
+    def __init__(self, customer: str, deadline: int, error: Exception) -> None:
+        super().__init__(f"a deadline: {describe_error(error)}")
+        self.customer = customer
+        self.deadline = deadline
+        self.error = error
+
+
+def describe_error(error: BaseException) -> str:
+    """What a dead letter or a log says of an exception: its type and message."""
+    return f"{type(error).__name__}: {error}"
 
 
 class Outcome(msgspec.Struct, gc=False):
     """What a batch did; ``statuses`` is aligned with the batch's events."""
 
     statuses: list[Status] = msgspec.field(default_factory=list)
-    # Triggers to publish, in order.
+    # Triggers to publish, in order, and (with a renderer) their records.
     detections: list[Detection] = msgspec.field(default_factory=list)
+    triggers: list[Record] = msgspec.field(default_factory=list)
     # Detections for customers in a holdout group: recorded, not published.
     held_out: list[Detection] = msgspec.field(default_factory=list)
+    held_out_records: list[Record] = msgspec.field(default_factory=list)
     # (moment, reason) -> candidates that did not become triggers: the detector's reasons
     # (below_threshold, cooldown) and the policy's (no_consent, frequency_cap, ...).
     suppressed: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
@@ -70,6 +123,14 @@ class Outcome(msgspec.Struct, gc=False):
     # Customer -> the next event time they need waking at (a cart deadline, the end of
     # quiet hours), or None once there is none.
     deadlines: dict[str, int | None] = msgspec.field(default_factory=dict)
+    # Index of an event -> why applying it failed (statuses say INTERNAL_ERROR there);
+    # customer -> why firing their deadline failed (it was dropped).
+    failures: dict[int, str] = msgspec.field(default_factory=dict)
+    broken: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# (customer, deadline) -> why firing it raised: such a deadline is dropped instead.
+Broken = dict[tuple[str, int], str]
 
 
 class StreamProcessor:
@@ -79,16 +140,28 @@ class StreamProcessor:
         *,
         clock: EventClock | None = None,
         deadlines: Mapping[str, int] | None = None,
+        render: Render | None = None,
+        broken: Broken | None = None,
     ) -> None:
+        """``render`` turns each trigger into its record as it is routed, so that a trigger
+        that cannot be built fails the event that made it; ``broken`` names the deadlines
+        whose firing failed before (why): they are dropped instead of fired."""
         self.detector = detector
         self.policy = detector.policy
         self.event_clock = clock or EventClock()
+        self._render = render
+        self._broken: Broken = broken if broken is not None else {}
         window = detector.catalogue.window
         self._lateness = window.allowed_lateness
         self._skew = window.max_future_skew
         self._deadlines: dict[str, int] = dict(deadlines or {})
         self._heap = [(deadline, customer) for customer, deadline in self._deadlines.items()]
         heapq.heapify(self._heap)
+        # The event time a lagging input may still deliver (see process); None: nothing held back.
+        self._hold: int | None = None
+        # Until enough customers have been seen to tell the stream's time, what is too far
+        # ahead is judged against the latest event accepted so far.
+        self._provisional: int | None = None
 
     @property
     def clock(self) -> int | None:
@@ -96,22 +169,33 @@ class StreamProcessor:
 
     @property
     def watermark(self) -> int | None:
-        return None if self.clock is None else self.clock - self._lateness
+        """Event time up to which the stream's deadlines fire: the clock less the lateness, held back."""
+        now = self.event_clock.time
+        if now is None:
+            return None
+        hold = self._hold
+        return (now if hold is None or hold > now else hold) - self._lateness
 
     @property
     def deadlines(self) -> Mapping[str, int]:
         return self._deadlines
 
-    def due(self, events: Sequence[Event]) -> set[str]:
+    def due(self, events: Sequence[Event], until: int | None = None) -> set[str]:
         """Customers whose deadlines the batch's watermark may pass: load their states too.
 
-        A superset: the clock cannot pass the batch's latest event, and loading a
-        customer whose deadline then does not fire costs a little and changes nothing.
+        A superset: the clock cannot pass the batch's latest event (or ``until``, the time
+        :meth:`advance` is given), and loading a customer whose deadline then does not
+        fire costs a little and changes nothing.
         """
-        if not self._deadlines or not events:
+        if not self._deadlines or (not events and until is None):
             return set()
-        latest = max(map(_occurred_at, events))  # datetimes compare without conversion
-        watermark = max(self.clock or 0, (latest - _EPOCH) // _MILLISECOND) - self._lateness
+        latest = max(map(_occurred_at, events)) if events else None  # datetimes compare as they are
+        reach = max(
+            self.clock or 0,
+            until or 0,
+            (latest - _EPOCH) // _MILLISECOND if latest is not None else 0,
+        )
+        watermark = reach - self._lateness
         heap, current, found = self._heap, self._deadlines, set()
         # Walk only the heap's subtrees whose root is due: O(due), not O(pending).
         stack = [0] if heap else []
@@ -124,8 +208,23 @@ class StreamProcessor:
                 stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < len(heap))
         return found
 
-    def process(self, events: Sequence[Event], states: dict[str, CustomerState]) -> Outcome:
-        """Process ``events`` in order; ``states`` gains new customers and is updated in place."""
+    def process(
+        self,
+        events: Sequence[Event],
+        states: dict[str, CustomerState],
+        *,
+        reference: int | None = None,
+        hold: int | None = None,
+    ) -> Outcome:
+        """Process ``events`` in order; ``states`` gains new customers and is updated in place.
+
+        ``reference`` is the event time the rest of the deployment has reached (a stream
+        that was quiet for longer than the skew does not reject its first events);
+        ``hold`` the earliest event time an input that is behind may still deliver
+        (deadlines do not fire past it, nor are new customers' events judged late by it).
+        Raises :class:`EventFailed` or :class:`DeadlineFailed`; see the module docstring.
+        """
+        self._hold = hold
         outcome = Outcome()
         # Locals: this loop runs for every event.
         statuses = outcome.statuses
@@ -133,55 +232,93 @@ class StreamProcessor:
         clock = self.event_clock
         lateness, skew, heap = self._lateness, self._skew, self._heap
         deadlines, touched = self._deadlines, outcome.touched
-        for event in events:
-            if event.kind == Kind.FORGET:
-                # Whenever it happened: a request about data, not behaviour in event time.
-                self._forget(cast(ForgetRequest, event), states, outcome)
-                statuses.append(Status.FORGOTTEN)
-                continue
-            ts = event.ts
-            now = clock.time
-            if now is not None and ts < now - lateness:
-                if event.kind in FACT_KINDS:
+        try:
+            for event in events:
+                kind = event.kind
+                if kind == Kind.FORGET:
+                    # Whenever it happened: a request about data, not behaviour in event time.
+                    self._forget(cast(ForgetRequest, event), states, outcome)
+                    statuses.append(Status.FORGOTTEN)
+                    continue
+                ts = event.ts
+                customer = event.customer_id
+                state = states.get(customer)
+                now = clock.time
+                # Late for the customer (more than the lateness behind their latest event)...
+                late = state is not None and ts < state.last_ts - lateness
+                if now is not None:
+                    # ... or, for a customer with no live state, behind the stream's watermark.
+                    stream_late = ts < (now if hold is None or hold > now else hold) - lateness
+                    if stream_late != late and not self._live(state):
+                        late = stream_late
+                if late:
+                    if kind not in FACT_KINDS:
+                        # A redelivery (a batch redone after a crash) of an event still in the
+                        # window is no news, rather than late.
+                        seen = state is not None and contains_event(state, event.event_id)
+                        statuses.append(Status.DUPLICATE if seen else Status.LATE)
+                        continue
                     # What a customer allows is a fact, not behaviour: recorded however late
-                    # (the latest in event time wins), without moving the clock.
-                    customer = event.customer_id
-                    observe(states.setdefault(customer, CustomerState(customer_id=customer)), event, ts)
-                    outcome.touched.add(customer)
+                    # (the latest in event time wins), without a say in the stream's time.
+                    if state is None:
+                        state = states[customer] = CustomerState(customer_id=customer)
+                    observe(state, event, ts)
+                    touched.add(customer)
                     statuses.append(Status.APPLIED)
                     continue
-                statuses.append(Status.LATE)
-                continue
-            moved_to = clock.observe(ts)
-            if moved_to is not None:
-                now = moved_to
-                if heap and heap[0][0] <= now - lateness:
-                    self._fire_due(now - lateness, states, outcome)
-            if now is not None and ts > now + skew:
-                # Counted by the clock, so that a real jump is followed once confirmed.
-                statuses.append(Status.TOO_FAR_AHEAD)
-                continue
-            customer = event.customer_id
-            state = states.get(customer)
-            if state is None:
-                state = states[customer] = CustomerState(customer_id=customer)
-            own = deadlines.get(customer)
-            if own is not None and own <= ts - lateness:
-                # The customer's own event proves their deadlines passed, whatever the stream
-                # clock (which trails on a sparse partition) says: fire them first, so the
-                # outcome does not depend on how customers are spread over partitions.
-                self._fire(customer, ts - lateness, states, outcome)
-            observation = observe(state, event, ts)
-            if observation is QUIET:
-                statuses.append(Status.APPLIED)
-                touched.add(customer)
-                if state.cart is not None or state.pending or customer in deadlines:
+                if clock.observe(ts, customer) is not None:
+                    now = clock.time
+                    watermark = self.watermark
+                    if heap and watermark is not None and heap[0][0] <= watermark:
+                        self._fire_due(watermark, states, outcome)
+                bound = now if now is not None else self._provisional
+                if reference is not None and (bound is None or reference > bound):
+                    bound = reference
+                if bound is not None and ts > bound + skew:
+                    # Counted by the clock, so that a real jump is followed once confirmed.
+                    statuses.append(Status.TOO_FAR_AHEAD)
+                    continue
+                if now is None and (self._provisional is None or ts > self._provisional):
+                    self._provisional = ts
+                if state is None:
+                    state = states[customer] = CustomerState(customer_id=customer)
+                own = deadlines.get(customer)
+                if own is not None and own <= ts - lateness:
+                    # The customer's own event proves their deadlines passed, whatever the stream
+                    # clock (which trails on a sparse partition) says: fire them first, so the
+                    # outcome does not depend on how customers are spread over partitions.
+                    self._fire(customer, own, ts - lateness, states, outcome)
+                observation = observe(state, event, ts)
+                # Each status goes last, once nothing more can fail for its event.
+                if observation is QUIET:
+                    touched.add(customer)
+                    if state.cart is not None or state.pending or customer in deadlines:
+                        self._collect(state, observation, outcome)
+                    statuses.append(Status.APPLIED)
+                elif observation.duplicate:
+                    statuses.append(Status.DUPLICATE)
+                else:
                     self._collect(state, observation, outcome)
-            elif observation.duplicate:
-                statuses.append(Status.DUPLICATE)
-            else:
-                statuses.append(Status.APPLIED)
-                self._collect(state, observation, outcome)
+                    statuses.append(Status.APPLIED)
+        except DeadlineFailed:
+            raise
+        except Exception as exc:
+            # The event being applied: one status per event so far, so its index is their count.
+            raise EventFailed(len(statuses), exc) from exc
+        return outcome
+
+    def advance(self, to: int, states: dict[str, CustomerState]) -> Outcome:
+        """The rest of the deployment has reached event time ``to``: a quiet stream follows it.
+
+        Moves the clock (never back) and fires what the new watermark passes; the caller
+        loads the states of :meth:`due` ``([], to)`` first.
+        """
+        self._hold = None
+        outcome = Outcome()
+        if self.event_clock.advance(to):
+            watermark = self.watermark
+            if watermark is not None:
+                self._fire_due(watermark, states, outcome)
         return outcome
 
     def flush(self, states: dict[str, CustomerState]) -> Outcome:
@@ -189,6 +326,18 @@ class StreamProcessor:
         outcome = Outcome()
         self._fire_due(END_OF_TIME, states, outcome)
         return outcome
+
+    def _live(self, state: CustomerState | None) -> bool:
+        """Whether ``state`` still holds behaviour that an event could be judged against.
+
+        Asked only when the customer's and the stream's verdicts differ: a stored state past its use
+        (see :meth:`Detector.expires_at`) counts as gone, whether the store has dropped it
+        yet or not, so that the verdict does not depend on when a store expires states.
+        """
+        if state is None or not state.last_ts:
+            return False
+        now = self.event_clock.time
+        return now is None or self.detector.expires_at(state) >= now
 
     def _forget(self, request: ForgetRequest, states: dict[str, CustomerState], outcome: Outcome) -> None:
         customer = request.customer_id
@@ -207,27 +356,41 @@ class StreamProcessor:
                 # Its heap entry is gone: whatever is still pending gets a new one.
                 del self._deadlines[customer]
                 outcome.deadlines[customer] = None
-                self._fire(customer, deadline, states, outcome)
+                self._fire(customer, deadline, deadline, states, outcome)
 
-    def _fire(self, customer: str, now: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
-        """Everything of the customer's that event time ``now`` has passed."""
+    def _fire(
+        self, customer: str, deadline: int, now: int, states: dict[str, CustomerState], outcome: Outcome
+    ) -> None:
+        """Everything of the customer's that event time ``now`` (past their ``deadline``) has passed."""
         state = states.get(customer)
-        if state is None:
-            # Erased (the right to be forgotten) or expired since: nothing to fire.
+        why = self._broken.get((customer, deadline)) if self._broken else None
+        if state is None or why is not None:
+            # Erased (the right to be forgotten) or expired since: nothing to fire. Or firing
+            # raised before: the deadline is dropped rather than fail every batch again.
             self._deadlines.pop(customer, None)
             outcome.deadlines[customer] = None
+            if why is not None:
+                outcome.broken[customer] = why
             return
-        observation = self.detector.expire(state, now)
-        for detection, judgement in self.policy.release(state, now):
-            self._route(detection, judgement, outcome)
-        self._collect(state, observation, outcome)
+        try:
+            observation = self.detector.expire(state, now)
+            for detection, judgement in self.policy.release(state, now):
+                self._route(detection, judgement, outcome)
+            self._collect(state, observation, outcome)
+        except Exception as exc:
+            raise DeadlineFailed(customer, deadline, exc) from exc
 
     def _route(self, detection: Detection, judgement: Judgement, outcome: Outcome) -> None:
         verdict = judgement.verdict
+        render = self._render
         if verdict is Verdict.PUBLISH:
             outcome.detections.append(detection)
+            if render is not None:
+                outcome.triggers.append(render(detection))
         elif verdict is Verdict.HOLD_OUT:
             outcome.held_out.append(detection)
+            if render is not None:
+                outcome.held_out_records.append(render(detection))
         elif verdict is Verdict.DEFER:
             outcome.deferred += 1
         else:
@@ -259,3 +422,8 @@ class StreamProcessor:
                 self._heap[:] = [(d, c) for c, d in self._deadlines.items()]
                 heapq.heapify(self._heap)
         outcome.deadlines[customer] = wake
+
+
+def without(events: Sequence[Event], skipped: Collection[int]) -> list[Event]:
+    """``events`` less those at the indices ``skipped``."""
+    return [event for i, event in enumerate(events) if i not in skipped]

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gc
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
+from operator import attrgetter, eq
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Final, cast
 
 import msgspec
 import orjson
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from app.config import Catalogue
 from app.decoding import Rejection, decode_event
 from app.detector import Detector
-from app.events import Event
+from app.events import TIE_RANK, Event
 from app.learning.labels import LabelledExample
 from app.pipeline import Batch, Pipeline
 from app.processor import Status
@@ -72,6 +74,8 @@ class Summary(msgspec.Struct):
     duplicates: int = 0
     late: int = 0
     forgotten: int = 0
+    # Events (or deadlines) whose processing raised, and were skipped.
+    failed: int = 0
     rejected: Counter[str] = msgspec.field(default_factory=Counter)
     # moment -> triggers published, and detections held out (the holdout groups)
     triggers: Counter[str] = msgspec.field(default_factory=Counter)
@@ -89,7 +93,8 @@ class Summary(msgspec.Struct):
             f"replayed {self.files} file(s): {self.read:,} events in {self.seconds:.2f} s"
             f" ({rate:,.0f} events/s)",
             f"  applied {self.applied:,} | duplicates {self.duplicates:,} | late {self.late:,}"
-            f" | rejected {sum(self.rejected.values()):,}",
+            f" | rejected {sum(self.rejected.values()):,}"
+            + (f" | failed {self.failed:,}" if self.failed else ""),
         ]
         if self.rejected:
             lines.append("  rejected by reason: " + _counts(self.rejected))
@@ -177,65 +182,84 @@ async def replay(
     # Replay saves every state it changes and never redoes a batch, so the states of the
     # customers active now need no copies. (`is None`, not `or`: an empty store is falsy.)
     store = MemoryStateStore(shared=SHARED_STATES) if store is None else store
-    pipeline = Pipeline(detector, store)
     writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
+    pipeline = Pipeline(detector, store, render=writer.record)
     summary = Summary(files=len(paths))
 
-    # A batch's problems, by position in the input: decoding finds some as lines are
-    # read, the core others when the batch runs; they are reported in input order.
+    # Problems by position in the input: decoding finds some as lines are read, the core
+    # others when their batch runs; they are reported in input order, up to where the
+    # batches have run.
     found: list[tuple[int, Problem]] = []
 
-    def report() -> None:
-        for _, problem in sorted(found, key=lambda item: item[0]):
-            summary.rejected[problem.reason] += 1
-            if strict:
+    def report(before: int | None = None) -> None:
+        found.sort(key=lambda item: item[0])
+        cut = len(found) if before is None else bisect_left(found, before, key=lambda item: item[0])
+        for _, problem in found[:cut]:
+            if problem.reason == Status.LATE:
+                summary.late += 1
+            elif problem.reason == Status.INTERNAL_ERROR:
+                summary.failed += 1
+            else:
+                summary.rejected[problem.reason] += 1
+            if strict and problem.reason != Status.LATE:
                 raise ReplayError(problem)
             on_problem(problem)
-        found.clear()
+        del found[:cut]
 
-    async def run(file: str, events: list[Event], lines: Sequence[int]) -> None:
+    async def run(file: str, events: list[Event], lines: list[int]) -> None:
         batch = await pipeline.run({REPLAY_STREAM: events})
-        statuses = batch.outcomes[REPLAY_STREAM].statuses
+        outcome = batch.outcomes[REPLAY_STREAM]
+        statuses = outcome.statuses
         counts = Counter(statuses)
         summary.applied += counts[Status.APPLIED]
         summary.duplicates += counts[Status.DUPLICATE]
-        summary.late += counts[Status.LATE]
-        # Forgotten customers are counted with the outcome; what is left was rejected.
-        if counts[Status.TOO_FAR_AHEAD]:
-            for status, line, event in zip(statuses, lines, events, strict=True):
-                if status is Status.TOO_FAR_AHEAD:
-                    at = event.occurred_at.isoformat()
-                    ahead = f"occurred_at {at} is too far ahead of the stream's clock"
-                    found.append((line, Problem(file, line, status.value, ahead)))
-        report()
+        # Forgotten customers are counted with the outcome; late, failed and rejected
+        # events are reported as problems.
+        if len(statuses) != counts[Status.APPLIED] + counts[Status.DUPLICATE] + counts[Status.FORGOTTEN]:
+            for i, (status, line, event) in enumerate(zip(statuses, lines, events, strict=True)):
+                if status in _PROBLEMS:
+                    detail = _PROBLEMS[status].format(at=event.occurred_at.isoformat())
+                    if status is Status.INTERNAL_ERROR:
+                        detail = outcome.failures[i]
+                    found.append((line, Problem(file, line, status.value, detail)))
+        report(carried[1][0] if carried[1] else None)
         await finish(batch)
 
     async def finish(batch: Batch) -> None:
         outcome = batch.outcomes[REPLAY_STREAM]
-        for detection in outcome.detections:
-            out.write(writer.record(detection)[1] + b"\n")
+        for detection, (_, value) in zip(outcome.detections, outcome.triggers, strict=True):
+            out.write(value + b"\n")
             summary.triggers[detection.moment] += 1
-        for detection in outcome.held_out:
+        for detection, (_, value) in zip(outcome.held_out, outcome.held_out_records, strict=True):
             if held_out is not None:
-                held_out.write(writer.record(detection)[1] + b"\n")
+                held_out.write(value + b"\n")
             summary.held_out[detection.moment] += 1
         summary.suppressed.update(outcome.suppressed)
         summary.deferred += outcome.deferred
         summary.forgotten += len(outcome.forgotten)
+        summary.failed += len(outcome.broken)
         if examples is not None:
             examples.extend(outcome.examples)
         await pipeline.commit(batch)
 
+    # The last events of a chunk, of one time, wait for the next chunk of their file, which
+    # may hold more events of that time: a tie is ordered whole (see _tie_order).
+    carried: tuple[list[Event], list[int]] = ([], [])
     total = sum(path.stat().st_size for path in paths)
     progress = tqdm(
         total=total, unit="B", unit_scale=True, desc="replay", disable=_disabled(show_progress), leave=False
     )
     with progress as bar, cycle_collector_paused():
+        reading = ""
         for batches, (file, first, chunk) in enumerate(read_chunks(paths, batch_size, bar.update), 1):
             if batches % COLLECT_EVERY == 0:
                 gc.collect()
+            if file != reading and carried[0]:
+                held, carried = carried, ([], [])
+                await run(reading, *_tie_order(*held))
+            reading = file
             decoded = list(map(decode_event, chunk))
-            lines: Sequence[int] = range(first, first + len(chunk))
+            lines = list(range(first, first + len(chunk)))
             events = cast(list[Event], decoded)
             blank = 0
             if Rejection in map(type, decoded):  # the rare case: sort the good from the bad
@@ -249,13 +273,59 @@ async def replay(
                     else:
                         blank += 1
             summary.read += len(chunk) - blank
+            events, lines = carried[0] + events, carried[1] + lines
+            cut = _last_tie(events)
+            carried = (events[cut:], lines[cut:])
+            events, lines = _tie_order(events[:cut], lines[:cut])
             await run(file, events, lines)
+        if carried[0]:
+            held, carried = carried, ([], [])
+            await run(reading, *_tie_order(*held))
         await pipeline.open([REPLAY_STREAM])
         await finish(await pipeline.flush(REPLAY_STREAM))
     if detector.models is not None:
         summary.models = detector.models.quality()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+# Statuses reported as problems, with their detail (an internal error's is its exception).
+_PROBLEMS: Final = {
+    Status.TOO_FAR_AHEAD: "occurred_at {at} is too far ahead of the stream's clock",
+    Status.LATE: "occurred_at {at} is later than the allowed lateness behind its customer's latest event"
+    " (or, for a customer with nothing held, the stream's time)",
+    Status.INTERNAL_ERROR: "",
+}
+
+
+def _last_tie(events: Sequence[Event]) -> int:
+    """Where the run of events at the time of the last one starts."""
+    cut = len(events)
+    while cut and events[cut - 1].occurred_at == events[-1].occurred_at:
+        cut -= 1
+    return cut
+
+
+def _tie_order(events: list[Event], lines: list[int]) -> tuple[list[Event], list[int]]:
+    """``events`` (and their ``lines``) with each run of one ``occurred_at`` in :data:`TIE_RANK` order.
+
+    So that replay takes events of one time as the worker does, which merges its input
+    topics by time and then topic, whatever their order in the file. Runs are rare, and
+    the order of any other event is left as it is.
+    """
+    times = list(map(_occurred_at, events))
+    if not any(map(eq, times, islice(times, 1, None))):
+        return events, lines
+    order: list[int] = []
+    start = 0
+    for i in range(1, len(events) + 1):
+        if i == len(events) or times[i] != times[start]:
+            order += sorted(range(start, i), key=lambda j: TIE_RANK[events[j].kind])
+            start = i
+    return [events[i] for i in order], [lines[i] for i in order]
+
+
+_occurred_at = attrgetter("occurred_at")
 
 
 @contextmanager

@@ -70,8 +70,11 @@ def ev(event_type: str, offset: str | int = 0, *, customer: str = "c1", **fields
 
 
 def ticks(offset: str | int, customer: str = "someone-else") -> list[Event]:
-    """Enough page views of another customer, all at ``offset``, to move the stream clock there."""
-    return [ev("page_view", offset, customer=customer) for _ in range(QUORUM)]
+    """Enough page views of other customers, all at ``offset``, to move the stream clock there.
+
+    One each of ``QUORUM`` customers: no number of events of one customer moves the clock.
+    """
+    return [ev("page_view", offset, customer=f"{customer}-{i}") for i in range(QUORUM)]
 
 
 def views(category: str, *offsets: str | int, customer: str = "c1") -> list[Event]:
@@ -207,6 +210,12 @@ def bad_line(**changes: Any) -> bytes:
     return orjson.dumps({k: v for k, v in obj.items() if v is not None})
 
 
+def deeply_nested(depth: int, line: bytes | None = None) -> bytes:
+    """``line`` (a valid search event by default) with an unknown field of ``depth`` nested arrays."""
+    base = line if line is not None else bad_line()
+    return base[:-1] + b',"extra":' + b"[" * depth + b"]" * depth + b"}"
+
+
 # One realistic input line per rejection reason.
 BAD_LINES = {
     Reason.TOO_LARGE: bad_line(padding="x" * MAX_EVENT_BYTES),
@@ -219,4 +228,7 @@ BAD_LINES = {
     Reason.UNKNOWN_EVENT_TYPE: bad_line(event_type="teleport"),
     Reason.BAD_TIMESTAMP: bad_line(occurred_at="2026-11-25 10:00:00"),  # no time zone
     Reason.TIMESTAMP_OUT_OF_RANGE: bad_line(occurred_at="1970-01-01T00:00:00Z"),
+    # An unknown field (ignored, were it not) nested 1,000 arrays deep: a parser recursing per level
+    # would hit Python's recursion limit.
+    Reason.NESTED_TOO_DEEP: deeply_nested(1000),
 }

@@ -39,6 +39,116 @@ def test_one_event_cannot_drag_the_clock_ahead() -> None:
     assert Status.LATE not in result.statuses
 
 
+def test_no_number_of_events_from_one_device_moves_the_clock() -> None:
+    # A device whose clock is years (or five hours) ahead: however many of its events come
+    # in a row, the stream's time stays where the other customers are.
+    for ahead in ("5h", "800d"):
+        wrong = [ev("page_view", ahead, customer="wrong-clock") for _ in range(50)]
+        result = run([*ticks("0s"), *wrong, *ticks("1m"), *wrong, ev("page_view", "2m")])
+        assert result.processor.clock == at("1m")
+        assert result.statuses[-1] == Status.APPLIED, ahead
+        assert Status.LATE not in result.statuses
+
+
+def test_three_distinct_customers_move_the_clock() -> None:
+    processor = StreamProcessor(Detector(DEFAULTS))
+    processor.process([ev("page_view", "5m", customer=c) for c in ("a", "b")], {})
+    assert processor.clock is None
+    processor.process([ev("page_view", "6m", customer="c")], {})
+    assert processor.clock == at("5m")
+
+
+def test_a_wrong_device_clock_harms_only_its_own_customer() -> None:
+    # Five hours ahead is within the skew: accepted into that customer's window, so their own
+    # honest events that follow are late. Nobody else's are, and no deadline fires early.
+    cart = ev("add_to_cart", "0s", customer="shopper", product_id="p1")
+    ahead = [ev("page_view", "5h", customer="local-time-as-utc") for _ in range(3)]
+    honest = [ev("page_view", "1m", customer="local-time-as-utc"), ev("page_view", "1m", customer="shopper")]
+    result = run([*ticks("0s"), cart, *ahead, *ticks("1m"), *honest])
+    assert result.statuses[-2:] == [Status.LATE, Status.APPLIED]
+    assert result.detections == []
+    assert result.processor.watermark == at("1m") - at("2m") + at("0s")
+
+
+def test_lateness_is_judged_against_the_customers_own_latest_event() -> None:
+    # The stream is at 30m, but c1's latest event was at 1m: their event from 2m ago (behind
+    # the stream's watermark) is still applied, and evaluated as of its own time.
+    result = run([*views("tv", "0s", "1m"), *ticks("30m"), *views("tv", "59s", customer="c1")])
+    assert result.statuses[-1] == Status.APPLIED
+
+
+def test_an_event_of_a_customer_with_nothing_held_is_judged_against_the_stream() -> None:
+    result = run(
+        [*ticks("30m"), ev("page_view", "27m", customer="new"), ev("page_view", "28m", customer="n2")]
+    )
+    assert result.statuses[-2:] == [Status.LATE, Status.APPLIED]
+
+
+def test_a_redelivered_event_behind_its_customer_is_a_duplicate_not_late() -> None:
+    first = ev("page_view", "0s")
+    result = run([first, ev("page_view", "10m"), first])
+    assert result.statuses == [Status.APPLIED, Status.APPLIED, Status.DUPLICATE]
+
+
+def test_lateness_does_not_depend_on_whether_a_store_dropped_a_spent_state() -> None:
+    # c1's state is of no use any more by the time c1's old event comes: whether the store
+    # still holds it (Redis expires by wall clock) or not (memory, by event time), the event
+    # is judged against the stream, and late.
+    old = ev("page_view", "0s")
+    kept = run([old, *ticks("3h")])
+    late = ev("page_view", "1m")
+    assert kept.processor.process([late], kept.states).statuses == [Status.LATE]
+    dropped = run([old, *ticks("3h")])
+    del dropped.states["c1"]
+    assert dropped.processor.process([late], dropped.states).statuses == [Status.LATE]
+
+
+def test_a_lagging_input_holds_deadlines_and_lateness_back() -> None:
+    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor.process([ev("add_to_cart", "0s", product_id="p1")], states)
+    # Another topic runs ahead to 40m while the one with the purchase lags at 10m.
+    ahead = processor.process(ticks("40m"), states, hold=at("10m"))
+    assert ahead.detections == []
+    assert processor.watermark == at("8m")
+    behind = processor.process(
+        [
+            ev("purchase", "12m", order_id="o1", items=[{"product_id": "p1"}]),
+            ev("page_view", "9m", customer="x"),
+        ],
+        states,
+        hold=at("10m"),
+    )
+    assert behind.statuses == [Status.APPLIED, Status.APPLIED]
+    assert processor.process(ticks("41m"), states).detections == []  # bought in time: nothing to fire
+
+
+def test_a_quiet_stream_follows_the_time_of_the_rest_of_the_deployment() -> None:
+    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor.process([*ticks("0s"), ev("add_to_cart", "1m", product_id="p1")], states)
+    assert processor.due([], at("40m")) == {"c1"}
+    outcome = processor.advance(at("40m"), states)
+    assert [(d.moment, d.ts) for d in outcome.detections] == [("cart_abandonment", at("31m"))]
+    assert processor.clock == at("40m")
+    assert processor.advance(at("20m"), states).detections == []  # never back
+    assert processor.clock == at("40m")
+
+
+def test_a_stream_quiet_for_longer_than_the_skew_accepts_the_deployments_time() -> None:
+    later = DEFAULTS.window.max_future_skew + 3_600_000
+    processor = StreamProcessor(Detector(DEFAULTS))
+    processor.process(ticks("0s"), {})
+    outcome = processor.process([ev("compare_view", later)], {}, reference=at(later) - 60_000)
+    assert outcome.statuses == [Status.APPLIED]
+    assert [d.moment for d in outcome.detections] == ["price_comparison"]
+
+
+def test_before_the_clock_is_known_far_ahead_is_judged_against_what_came_before() -> None:
+    # One customer alone cannot confirm a time, yet an event years ahead is still refused.
+    result = run([ev("page_view", "0s"), ev("page_view", "800d"), ev("add_to_cart", "1m", product_id="p")])
+    assert result.statuses == [Status.APPLIED, Status.TOO_FAR_AHEAD, Status.APPLIED]
+    assert result.processor.clock is None
+
+
 def test_late_events_are_counted_and_change_nothing() -> None:
     processor, states = StreamProcessor(Detector(DEFAULTS)), {}
     processor.process([ev("page_view", "10m"), *ticks("10m")], states)

@@ -157,7 +157,7 @@ def test_every_manifest_entry_has_a_scenario_file() -> None:
 
 def test_every_golden_file_belongs_to_a_scenario() -> None:
     expected = {triggers_golden(name).name for name in NAMES} | {
-        errors_golden(name).name for name in NAMES if "rejected" in MANIFEST[name]
+        errors_golden(name).name for name in NAMES if "rejected" in MANIFEST[name] or "late" in MANIFEST[name]
     }
     actual = {path.name for path in GOLDEN.iterdir()}
     assert sorted(actual - expected) == [], "golden files without a scenario (or stray errors files)"
@@ -295,8 +295,10 @@ def test_the_engagement_policy_acts_as_the_manifest_says(name: str) -> None:
 def test_reported_problems_are_the_ones_the_manifest_lists(name: str) -> None:
     result = replayed(name)
     expected = [(bad["line"], bad["reason"]) for bad in MANIFEST[name].get("rejected", [])]
-    reported = sorted((problem.line, problem.reason) for problem in result.problems)
+    reported = sorted((p.line, p.reason) for p in result.problems if p.reason != "late")
     assert reported == expected, f"{name}: reported problems (line, reason)"
+    late = [p for p in result.problems if p.reason == "late"]
+    assert len(late) == MANIFEST[name].get("late", 0), f"{name}: late events are reported as such"
     assert {problem.file for problem in result.problems} <= {str(SCENARIOS / name)}
     assert all(problem.detail for problem in result.problems)
     assert sum(result.summary.rejected.values()) == len(expected)

@@ -34,7 +34,7 @@ class MemoryStateStore:
         # The customers whose state is kept as an object, least recently saved first.
         self._objects: OrderedDict[str, None] = OrderedDict()
         self._expiry: list[tuple[int, str]] = []
-        self._clocks: dict[str, tuple[int | None, list[int]]] = {}
+        self._clocks: dict[str, tuple[int | None, list[tuple[int, int]]]] = {}
         self._deadlines: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
@@ -46,9 +46,11 @@ class MemoryStateStore:
             stored = self._blobs.get(customer)
             if stored is not None:
                 state = stored[0]
-                found[customer] = Versioned(
-                    state if isinstance(state, CustomerState) else decode_state(state), stored[1]
-                )
+                if isinstance(state, CustomerState):
+                    # Handed out as it is; its serialised form is what a redone batch restarts from.
+                    found[customer] = Versioned(state, stored[1], encode_state(state))
+                else:
+                    found[customer] = Versioned(decode_state(state), stored[1], state)
         return found
 
     async def save(self, saves: Sequence[StreamSave]) -> None:

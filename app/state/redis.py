@@ -6,8 +6,9 @@ and each stream's, keys together):
 - ``{prefix}:s:{<customer>}`` — string: an 8-byte big-endian version, then the
   MessagePack state. Loading a batch is one ``MGET``. The key expires (``PX``)
   when the state is of no further use, so idle customers cost nothing.
-- ``{prefix}:clock:{<stream>}`` — the stream's event-time clock (ms), then the
-  timestamps it has not confirmed yet, space-separated (``-`` for no clock yet).
+- ``{prefix}:clock:{<stream>}`` — the stream's event-time clock (ms), then its
+  latest voters as ``tag:time`` (see :mod:`app.clock`), space-separated (``-``
+  for no clock yet).
 - ``{prefix}:deadlines:{<stream>}`` — sorted set, customer -> absence deadline (ms).
 - ``{prefix}:streams`` — the set of stream names, so ``forget`` can reach every deadline set.
 
@@ -116,7 +117,8 @@ class RedisStateStore:
         found = {}
         for customer, blob in zip(ordered, blobs, strict=True):
             if blob is not None:
-                found[customer] = Versioned(decode_state(blob[8:]), _VERSION.unpack_from(blob)[0])
+                stored = blob[8:]
+                found[customer] = Versioned(decode_state(stored), _VERSION.unpack_from(blob)[0], stored)
         return found
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
@@ -142,7 +144,8 @@ class RedisStateStore:
         keys += erase
         for save in saves:
             keys += [self.clock_key(save.stream), self.deadlines_key(save.stream)]
-            clock = " ".join(str(t) for t in ["-" if save.clock is None else save.clock, *save.recent])
+            voters = (f"{tag}:{ts}" for tag, ts in save.recent)
+            clock = " ".join(["-" if save.clock is None else str(save.clock), *voters])
             args += [save.stream, clock, len(save.deadlines)]
             for customer, deadline in save.deadlines.items():
                 args += [customer, "" if deadline is None else deadline]
@@ -160,7 +163,7 @@ class RedisStateStore:
         return Checkpoint(
             None if time == b"-" else int(time),
             {customer.decode(): int(deadline) for customer, deadline in pending},
-            [int(t) for t in recent],
+            [_voter(i, entry) for i, entry in enumerate(recent)],
         )
 
     async def forget(self, customer: str) -> bool:
@@ -174,3 +177,9 @@ class RedisStateStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _voter(position: int, entry: bytes) -> tuple[int, int]:
+    """A clock voter stored as ``tag:time``; one written before voters had tags is a voter of its own."""
+    tag, _, ts = entry.rpartition(b":")
+    return (int(tag) if tag else -1 - position), int(ts)

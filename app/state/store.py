@@ -22,6 +22,9 @@ from app.window import CustomerState
 class Versioned(msgspec.Struct, frozen=True, gc=False):
     state: CustomerState
     version: int
+    # The state as stored (``app.state.codec``), untouched by whatever is done to ``state``:
+    # a batch that must be redone without one of its events starts again from it.
+    stored: bytes = b""
 
 
 class StateWrite(msgspec.Struct, frozen=True, gc=False):
@@ -40,8 +43,8 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     # Customer -> their new deadline, or None to drop theirs.
     deadlines: Mapping[str, int | None]
-    # Timestamps the clock has seen but not yet confirmed (see app.clock).
-    recent: Sequence[int] = ()
+    # The clock's latest voters, (tag, latest time) each (see app.clock).
+    recent: Sequence[tuple[int, int]] = ()
     # Customers to erase (deleted before the writes, which then expect version 0).
     erase: Sequence[str] = ()
 
@@ -49,7 +52,7 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     deadlines: dict[str, int]
-    recent: list[int] = msgspec.field(default_factory=list)
+    recent: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 class ConflictError(RuntimeError):
