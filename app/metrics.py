@@ -76,6 +76,8 @@ SUPPRESSION_REASONS: Final = (
     "below_threshold", "cooldown", "suppressed", "no_consent", "frequency_cap", "quiet_hours", "expired",
 )  # fmt: skip
 
+# Why a deadline was dropped instead of fired (app.processor.Outcome.dropped).
+DEADLINE_DROP_REASONS: Final = ("no_state", "internal_error")
 # What made a batch fail and be redone (see retry_cause).
 RETRY_CAUSES: Final = ("conflict", "redis", "kafka", "io", "other")
 # The state store calls timed by app.worker.instruments.MeteredStore.
@@ -210,8 +212,10 @@ class WorkerMetrics:
         self.events_processed = Counter(
             name("events_processed_total"),
             "Events the detector was given, by what it did with them: applied, duplicate"
-            " (already applied: a redelivery), late (behind the watermark, skipped) or"
-            " timestamp_out_of_range (too far ahead of the stream clock, dead-lettered).",
+            " (already applied: a redelivery), late (more than the allowed lateness behind its"
+            " customer's latest event, dead-lettered), timestamp_out_of_range (too far ahead,"
+            " dead-lettered), forgotten, or internal_error (processing it raised: dead-lettered,"
+            " the batch went on without it).",
             ["status"],
             registry=reg,
         )
@@ -252,6 +256,14 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             name("dead_letters_total"),
             "Messages written to the dead-letter topic (acknowledged sends).",
+            registry=reg,
+        )
+        self.deadlines_dropped = Counter(
+            name("deadlines_dropped_total"),
+            "Deadlines (abandoned carts, outcomes, ends of quiet hours) dropped instead of fired,"
+            " by reason: no_state (the customer's state was erased or had expired), internal_error"
+            " (firing it raised).",
+            ["reason"],
             registry=reg,
         )
 
@@ -401,6 +413,8 @@ class WorkerMetrics:
         # Known label values start at zero.
         for status in Status:
             self.events_processed.labels(status.value)
+        for why in DEADLINE_DROP_REASONS:
+            self.deadlines_dropped.labels(why)
         for reason in Reason:
             self.events_rejected.labels(reason.value)
         for moment in moments:

@@ -32,6 +32,7 @@ from app.processor import (
     DeadlineFailed,
     EventFailed,
     Outcome,
+    Parked,
     Render,
     Status,
     StreamProcessor,
@@ -91,6 +92,9 @@ class Pipeline:
         self._processors: dict[str, StreamProcessor] = {}
         # Deadlines that could not be fired, and why: dropped instead when due again.
         self._broken: Broken = {}
+        # Per stream, the events parked as of the last commit (they are in no checkpoint: a
+        # worker keeps their records uncommitted, so that whoever comes next reads them again).
+        self._parked: dict[str, list[Parked]] = {}
 
     async def open(self, streams: Iterable[str]) -> None:
         """Resume streams not open yet from their checkpoints in the store."""
@@ -103,15 +107,25 @@ class Pipeline:
                     deadlines=checkpoint.deadlines,
                     render=self.render,
                     broken=self._broken,
+                    parked=self._parked.get(stream, ()),
                 )
 
-    def close(self, streams: Iterable[str]) -> None:
-        """Forget streams' in-memory progress: revoked partitions, or a batch to redo."""
+    def reset(self, streams: Iterable[str]) -> None:
+        """Forget streams' in-memory progress since the last commit: a batch to redo."""
         for stream in streams:
             self._processors.pop(stream, None)
 
+    def close(self, streams: Iterable[str]) -> None:
+        """Forget streams altogether: revoked partitions (their next owner reads what is uncommitted)."""
+        for stream in streams:
+            self._processors.pop(stream, None)
+            self._parked.pop(stream, None)
+
     def processor(self, stream: str) -> StreamProcessor:
         return self._processors[stream]
+
+    def is_open(self, stream: str) -> bool:
+        return stream in self._processors
 
     @property
     def clocks(self) -> dict[str, int]:
@@ -123,7 +137,6 @@ class Pipeline:
         events: Mapping[str, Sequence[Event]],
         *,
         advance: Mapping[str, int] | None = None,
-        reference: int | None = None,
         holds: Mapping[str, int] | None = None,
     ) -> Batch:
         """Process each stream's events, in order; the states they need are loaded at once.
@@ -135,9 +148,6 @@ class Pipeline:
         advance
             Quiet streams (with no events here) -> the event time the rest of the
             deployment has reached: their clocks follow it (:meth:`StreamProcessor.advance`).
-        reference
-            The event time the deployment has reached: events are too far ahead only
-            beyond it as well (:meth:`StreamProcessor.process`).
         holds
             Stream -> the earliest event time a lagging input of it may still deliver.
 
@@ -156,7 +166,17 @@ class Pipeline:
         for stream, to in (advance or {}).items():
             if stream not in events:
                 customers[stream] = self._processors[stream].due((), to)
+        # Per stream, the events left out after they failed: by index, and parked ones.
         skipped: dict[str, dict[int, str]] = {}
+        failed_parked: dict[str, list[tuple[Event, Status, str]]] = {}
+
+        def leave_out(stream: str, failed: EventFailed, kept: list[int] | None = None) -> None:
+            why = describe_error(failed.error)
+            if failed.parked is None:
+                skipped.setdefault(stream, {})[kept[failed.index] if kept else failed.index] = why
+            else:
+                self._parked[stream] = [p for p in self._parked.get(stream, []) if p[0] is not failed.parked]
+                failed_parked.setdefault(stream, []).append((failed.parked, Status.INTERNAL_ERROR, why))
 
         def step(states: dict[str, CustomerState]) -> dict[str, Outcome]:
             outcomes = {}
@@ -167,12 +187,10 @@ class Pipeline:
                     outcome = processor.process(
                         [stream_events[i] for i in kept] if kept is not None else stream_events,
                         states,
-                        reference=reference,
                         hold=(holds or {}).get(stream),
                     )
                 except EventFailed as failed:
-                    index = kept[failed.index] if kept is not None else failed.index
-                    skipped.setdefault(stream, {})[index] = describe_error(failed.error)
+                    leave_out(stream, failed, kept)
                     raise
                 if skip:
                     outcome.statuses = _with_failures(outcome.statuses, skip)
@@ -180,7 +198,13 @@ class Pipeline:
                 outcomes[stream] = outcome
             for stream, to in (advance or {}).items():
                 if stream not in events:
-                    outcomes[stream] = self._processors[stream].advance(to, states)
+                    try:
+                        outcomes[stream] = self._processors[stream].advance(to, states)
+                    except EventFailed as failed:
+                        leave_out(stream, failed)
+                        raise
+            for stream, outcome in outcomes.items():
+                outcome.unparked[:0] = failed_parked.get(stream, [])
             return outcomes
 
         return await self._guarded(customers, step)
@@ -214,7 +238,7 @@ class Pipeline:
                         raise RuntimeError(f"a dropped deadline fired again: {failure}") from failure
                     self._broken[key] = describe_error(failure.error)
                 loaded = _restored(loaded)
-                self.close(streams)
+                self.reset(streams)
                 await self.open(streams)
                 continue
             if errors:
@@ -246,6 +270,8 @@ class Pipeline:
                 StreamSave(stream, writes, clock.time, outcome.deadlines, clock.recent, sorted(erased))
             )
         await self.store.save(saves)
+        for stream in batch.outcomes:
+            self._parked[stream] = self._processors[stream].parked
 
     def expires_at(self, state: CustomerState) -> int:
         """When the stored state may go: its behaviour's use, or its consent facts' retention."""

@@ -17,9 +17,16 @@ Two kinds of "late", each judged where it matters:
   moved forward by what the caller knows of the rest of the deployment
   (:meth:`StreamProcessor.advance`, for a stream that has fallen quiet).
 
-Events further than ``max_future_skew`` ahead of the stream's time (or of the
-deployment's, ``reference``) are rejected; late ones are returned as
-:attr:`Status.LATE` for the caller to dead-letter. Processing a batch is
+An event further than ``max_future_skew`` ahead of the stream's time is
+*parked*: it still votes for the clock, and is applied as soon as the clock has
+moved close enough to it — a real jump, confirmed by other customers (the end
+of a quiet week), or the deployment's time reaching a quiet stream
+(:meth:`StreamProcessor.advance`). One that nothing confirms (a device whose
+clock is wrong) is rejected once the stream's time has moved on by the allowed
+lateness without coming to it, or when more than ``PARK_LIMIT`` wait, or at the
+end of the input. Parked events come back in :attr:`Outcome.unparked`, with what became of
+them. Late events are returned as :attr:`Status.LATE` for the caller to
+dead-letter. Processing a batch is
 exactly processing its events one by one: the result does not depend on how
 the stream was cut into batches. The caller supplies the states of every
 customer the batch touches, including those whose deadlines fall due
@@ -53,6 +60,9 @@ from app.policy import Judgement, Verdict
 from app.window import CustomerState, contains_event
 
 END_OF_TIME = 2**62
+# Events far ahead of the stream's time waiting for it (see the module docstring): at
+# most this many per stream.
+PARK_LIMIT = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _occurred_at = attrgetter("occurred_at")
@@ -69,19 +79,22 @@ class Status(StrEnum):
     LATE = "late"
     # A ``forget`` request: everything held about the customer goes.
     FORGOTTEN = "forgotten"
-    # Rejected: further ahead of the stream's time than ``max_future_skew``.
+    # Further ahead of the stream's time than ``max_future_skew``: waits for the stream
+    # (see Outcome.unparked for what becomes of it), or is rejected.
+    PARKED = "parked"
     TOO_FAR_AHEAD = "timestamp_out_of_range"
     # Applying it raised: the batch went on without it (see EventFailed).
     INTERNAL_ERROR = "internal_error"
 
 
 class EventFailed(Exception):
-    """Applying the batch's event at ``index`` raised ``error``."""
+    """Applying the batch's event at ``index`` (or the ``parked`` event it let through) raised ``error``."""
 
-    def __init__(self, index: int, error: Exception) -> None:
+    def __init__(self, index: int, error: Exception, parked: Event | None = None) -> None:
         super().__init__(f"event {index} of the batch: {describe_error(error)}")
         self.index = index
         self.error = error
+        self.parked = parked
 
 
 class DeadlineFailed(Exception):
@@ -123,14 +136,21 @@ class Outcome(msgspec.Struct, gc=False):
     # Customer -> the next event time they need waking at (a cart deadline, the end of
     # quiet hours), or None once there is none.
     deadlines: dict[str, int | None] = msgspec.field(default_factory=dict)
-    # Index of an event -> why applying it failed (statuses say INTERNAL_ERROR there);
-    # customer -> why firing their deadline failed (it was dropped).
+    # Index of an event -> why applying it failed (statuses say INTERNAL_ERROR there).
     failures: dict[int, str] = msgspec.field(default_factory=dict)
-    broken: dict[str, str] = msgspec.field(default_factory=dict)
+    # Deadlines dropped instead of fired, by why: "no_state" (the customer's state was
+    # erased, or expired in the store, meanwhile), "internal_error" (firing it raised).
+    dropped: Counter[str] = msgspec.field(default_factory=Counter)
+    # Events parked by earlier batches (or this one) that were decided in this one: applied
+    # (or duplicate, late), rejected as too far ahead after all, or failed (with why); in
+    # that order.
+    unparked: list[tuple[Event, Status, str]] = msgspec.field(default_factory=list)
 
 
 # (customer, deadline) -> why firing it raised: such a deadline is dropped instead.
 Broken = dict[tuple[str, int], str]
+# An event too far ahead of its stream's time, with that time when it was parked (None: unknown).
+Parked = tuple[Event, int | None]
 
 
 class StreamProcessor:
@@ -142,10 +162,12 @@ class StreamProcessor:
         deadlines: Mapping[str, int] | None = None,
         render: Render | None = None,
         broken: Broken | None = None,
+        parked: Sequence[Parked] = (),
     ) -> None:
         """``render`` turns each trigger into its record as it is routed, so that a trigger
         that cannot be built fails the event that made it; ``broken`` names the deadlines
-        whose firing failed before (why): they are dropped instead of fired."""
+        whose firing failed before (why): they are dropped instead of fired; ``parked`` the
+        events that wait for the stream's time to reach them (see :attr:`parked`)."""
         self.detector = detector
         self.policy = detector.policy
         self.event_clock = clock or EventClock()
@@ -162,6 +184,7 @@ class StreamProcessor:
         # Until enough customers have been seen to tell the stream's time, what is too far
         # ahead is judged against the latest event accepted so far.
         self._provisional: int | None = None
+        self._parked = list(parked)
 
     @property
     def clock(self) -> int | None:
@@ -180,6 +203,11 @@ class StreamProcessor:
     def deadlines(self) -> Mapping[str, int]:
         return self._deadlines
 
+    @property
+    def parked(self) -> list[Parked]:
+        """The events waiting for the stream's time to reach them, oldest first, with its time then."""
+        return list(self._parked)
+
     def due(self, events: Sequence[Event], until: int | None = None) -> set[str]:
         """Customers whose deadlines the batch's watermark may pass: load their states too.
 
@@ -187,8 +215,9 @@ class StreamProcessor:
         :meth:`advance` is given), and loading a customer whose deadline then does not
         fire costs a little and changes nothing.
         """
+        parked = {event.customer_id for event, _ in self._parked}  # they may come through
         if not self._deadlines or (not events and until is None):
-            return set()
+            return parked
         latest = max(map(_occurred_at, events)) if events else None  # datetimes compare as they are
         reach = max(
             self.clock or 0,
@@ -196,7 +225,7 @@ class StreamProcessor:
             (latest - _EPOCH) // _MILLISECOND if latest is not None else 0,
         )
         watermark = reach - self._lateness
-        heap, current, found = self._heap, self._deadlines, set()
+        heap, current, found = self._heap, self._deadlines, parked
         # Walk only the heap's subtrees whose root is due: O(due), not O(pending).
         stack = [0] if heap else []
         while stack:
@@ -213,99 +242,143 @@ class StreamProcessor:
         events: Sequence[Event],
         states: dict[str, CustomerState],
         *,
-        reference: int | None = None,
         hold: int | None = None,
     ) -> Outcome:
         """Process ``events`` in order; ``states`` gains new customers and is updated in place.
 
-        ``reference`` is the event time the rest of the deployment has reached (a stream
-        that was quiet for longer than the skew does not reject its first events);
-        ``hold`` the earliest event time an input that is behind may still deliver
-        (deadlines do not fire past it, nor are new customers' events judged late by it).
+        Parameters
+        ----------
+        events
+            The stream's next events.
+        states
+            The states of the customers of ``events``, of :meth:`due` ones and of
+            parked events' customers, by customer id.
+        hold
+            The earliest event time an input that is behind may still deliver: deadlines
+            do not fire past it, nor are new customers' events judged late by it.
+
+        Returns
+        -------
+        Outcome
+            What the events did; ``statuses`` is aligned with ``events``.
+
         Raises :class:`EventFailed` or :class:`DeadlineFailed`; see the module docstring.
         """
         self._hold = hold
         outcome = Outcome()
-        # Locals: this loop runs for every event.
         statuses = outcome.statuses
-        observe = self.detector.observe
-        clock = self.event_clock
-        lateness, skew, heap = self._lateness, self._skew, self._heap
-        deadlines, touched = self._deadlines, outcome.touched
+        apply = self._apply
         try:
             for event in events:
-                kind = event.kind
-                if kind == Kind.FORGET:
-                    # Whenever it happened: a request about data, not behaviour in event time.
-                    self._forget(cast(ForgetRequest, event), states, outcome)
-                    statuses.append(Status.FORGOTTEN)
-                    continue
-                ts = event.ts
-                customer = event.customer_id
-                state = states.get(customer)
-                now = clock.time
-                # Late for the customer (more than the lateness behind their latest event)...
-                late = state is not None and ts < state.last_ts - lateness
-                if now is not None:
-                    # ... or, for a customer with no live state, behind the stream's watermark.
-                    stream_late = ts < (now if hold is None or hold > now else hold) - lateness
-                    if stream_late != late and not self._live(state):
-                        late = stream_late
-                if late:
-                    if kind not in FACT_KINDS:
-                        # A redelivery (a batch redone after a crash) of an event still in the
-                        # window is no news, rather than late.
-                        seen = state is not None and contains_event(state, event.event_id)
-                        statuses.append(Status.DUPLICATE if seen else Status.LATE)
-                        continue
-                    # What a customer allows is a fact, not behaviour: recorded however late
-                    # (the latest in event time wins), without a say in the stream's time.
-                    if state is None:
-                        state = states[customer] = CustomerState(customer_id=customer)
-                    observe(state, event, ts)
-                    touched.add(customer)
-                    statuses.append(Status.APPLIED)
-                    continue
-                if clock.observe(ts, customer) is not None:
-                    now = clock.time
-                    watermark = self.watermark
-                    if heap and watermark is not None and heap[0][0] <= watermark:
-                        self._fire_due(watermark, states, outcome)
-                bound = now if now is not None else self._provisional
-                if reference is not None and (bound is None or reference > bound):
-                    bound = reference
-                if bound is not None and ts > bound + skew:
-                    # Counted by the clock, so that a real jump is followed once confirmed.
-                    statuses.append(Status.TOO_FAR_AHEAD)
-                    continue
-                if now is None and (self._provisional is None or ts > self._provisional):
-                    self._provisional = ts
-                if state is None:
-                    state = states[customer] = CustomerState(customer_id=customer)
-                own = deadlines.get(customer)
-                if own is not None and own <= ts - lateness:
-                    # The customer's own event proves their deadlines passed, whatever the stream
-                    # clock (which trails on a sparse partition) says: fire them first, so the
-                    # outcome does not depend on how customers are spread over partitions.
-                    self._fire(customer, own, ts - lateness, states, outcome)
-                observation = observe(state, event, ts)
-                # Each status goes last, once nothing more can fail for its event.
-                if observation is QUIET:
-                    touched.add(customer)
-                    if state.cart is not None or state.pending or customer in deadlines:
-                        self._collect(state, observation, outcome)
-                    statuses.append(Status.APPLIED)
-                elif observation.duplicate:
-                    statuses.append(Status.DUPLICATE)
-                else:
-                    self._collect(state, observation, outcome)
-                    statuses.append(Status.APPLIED)
-        except DeadlineFailed:
+                statuses.append(apply(event, states, outcome))
+        except (DeadlineFailed, EventFailed):
             raise
         except Exception as exc:
             # The event being applied: one status per event so far, so its index is their count.
             raise EventFailed(len(statuses), exc) from exc
         return outcome
+
+    def _apply(self, event: Event, states: dict[str, CustomerState], outcome: Outcome) -> Status:
+        kind = event.kind
+        if kind == Kind.FORGET:
+            # Whenever it happened: a request about data, not behaviour in event time.
+            self._forget(cast(ForgetRequest, event), states, outcome)
+            return Status.FORGOTTEN
+        ts = event.ts
+        customer = event.customer_id
+        state = states.get(customer)
+        clock = self.event_clock
+        lateness = self._lateness
+        now = clock.time
+        # Late for the customer (more than the lateness behind their latest event)...
+        late = state is not None and ts < state.last_ts - lateness
+        if now is not None:
+            # ... or, for a customer with no live state, behind the stream's watermark.
+            hold = self._hold
+            stream_late = ts < (now if hold is None or hold > now else hold) - lateness
+            if stream_late != late and not self._live(state):
+                late = stream_late
+        if late:
+            if kind not in FACT_KINDS:
+                # A redelivery (a batch redone after a crash) of an event still in the
+                # window is no news, rather than late.
+                seen = state is not None and contains_event(state, event.event_id)
+                return Status.DUPLICATE if seen else Status.LATE
+            # What a customer allows is a fact, not behaviour: recorded however late (the
+            # latest in event time wins), without a say in the stream's time.
+            if state is None:
+                state = states[customer] = CustomerState(customer_id=customer)
+            self.detector.observe(state, event, ts)
+            outcome.touched.add(customer)
+            return Status.APPLIED
+        if clock.observe(ts, customer) is not None:
+            now = clock.time
+            watermark = self.watermark
+            heap = self._heap
+            if heap and watermark is not None and heap[0][0] <= watermark:
+                self._fire_due(watermark, states, outcome)
+        bound = now if now is not None else self._provisional
+        if bound is not None and ts > bound + self._skew:
+            self._park(event, outcome)
+            return Status.PARKED
+        if now is None and (self._provisional is None or ts > self._provisional):
+            self._provisional = ts
+        if state is None:
+            state = states[customer] = CustomerState(customer_id=customer)
+        deadlines = self._deadlines
+        own = deadlines.get(customer)
+        if own is not None and own <= ts - lateness:
+            # The customer's own event proves their deadlines passed, whatever the stream
+            # clock (which trails on a sparse partition) says: fire them first, so the
+            # outcome does not depend on how customers are spread over partitions.
+            self._fire(customer, own, ts - lateness, states, outcome)
+        observation = self.detector.observe(state, event, ts)
+        if observation is QUIET:
+            outcome.touched.add(customer)
+            if state.cart is not None or state.pending or customer in deadlines:
+                self._collect(state, observation, outcome)
+        elif observation.duplicate:
+            return Status.DUPLICATE
+        else:
+            self._collect(state, observation, outcome)
+        if self._parked:
+            self._decide_parked(states, outcome)
+        return Status.APPLIED
+
+    def _park(self, event: Event, outcome: Outcome) -> None:
+        self._parked.append((event, self._time()))
+        if len(self._parked) > PARK_LIMIT:
+            oldest, _ = self._parked.pop(0)
+            outcome.unparked.append((oldest, Status.TOO_FAR_AHEAD, ""))
+
+    def _time(self) -> int | None:
+        """The stream's time: its clock, or before it is known, the latest event accepted."""
+        now = self.event_clock.time
+        return now if now is not None else self._provisional
+
+    def _decide_parked(self, states: dict[str, CustomerState], outcome: Outcome) -> None:
+        """Apply the parked events the stream's time has reached; reject those it moved on without."""
+        now = self._time()
+        if now is None:
+            return
+        reach, gave_up = now + self._skew, now - self._lateness
+        waiting: list[Parked] = []
+        reached: list[Event] = []
+        for event, at in self._parked:
+            if event.ts <= reach:
+                reached.append(event)
+            elif at is not None and at < gave_up:
+                outcome.unparked.append((event, Status.TOO_FAR_AHEAD, ""))
+            else:
+                waiting.append((event, now if at is None else at))
+        self._parked = waiting
+        for event in reached:
+            try:
+                outcome.unparked.append((event, self._apply(event, states, outcome), ""))
+            except (DeadlineFailed, EventFailed):
+                raise
+            except Exception as exc:
+                raise EventFailed(-1, exc, parked=event) from exc
 
     def advance(self, to: int, states: dict[str, CustomerState]) -> Outcome:
         """The rest of the deployment has reached event time ``to``: a quiet stream follows it.
@@ -319,11 +392,17 @@ class StreamProcessor:
             watermark = self.watermark
             if watermark is not None:
                 self._fire_due(watermark, states, outcome)
+            self._decide_parked(states, outcome)
         return outcome
 
     def flush(self, states: dict[str, CustomerState]) -> Outcome:
-        """End of input: fire every deadline still pending (replay's last step)."""
+        """End of input: fire every deadline still pending, reject what is still parked.
+
+        Replay's last step.
+        """
         outcome = Outcome()
+        outcome.unparked = [(event, Status.TOO_FAR_AHEAD, "") for event, _ in self._parked]
+        self._parked = []
         self._fire_due(END_OF_TIME, states, outcome)
         return outcome
 
@@ -369,8 +448,7 @@ class StreamProcessor:
             # raised before: the deadline is dropped rather than fail every batch again.
             self._deadlines.pop(customer, None)
             outcome.deadlines[customer] = None
-            if why is not None:
-                outcome.broken[customer] = why
+            outcome.dropped["no_state" if why is None else Status.INTERNAL_ERROR.value] += 1
             return
         try:
             observation = self.detector.expire(state, now)

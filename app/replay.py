@@ -206,27 +206,40 @@ async def replay(
             on_problem(problem)
         del found[:cut]
 
+    # Where each parked event (too far ahead, waiting for the stream's time) came from.
+    parked: dict[int, tuple[str, int]] = {}
+
+    def decided(file: str, line: int, event: Event, status: Status, why: str) -> None:
+        """Count an event's fate, or report it as a problem."""
+        if status is Status.APPLIED:
+            summary.applied += 1
+        elif status is Status.DUPLICATE:
+            summary.duplicates += 1
+        elif status is Status.PARKED:
+            parked[id(event)] = (file, line)
+        elif status in _PROBLEMS:
+            detail = why or _PROBLEMS[status].format(at=event.occurred_at.isoformat())
+            found.append((line, Problem(file, line, status.value, detail)))
+
     async def run(file: str, events: list[Event], lines: list[int]) -> None:
         batch = await pipeline.run({REPLAY_STREAM: events})
         outcome = batch.outcomes[REPLAY_STREAM]
         statuses = outcome.statuses
         counts = Counter(statuses)
-        summary.applied += counts[Status.APPLIED]
-        summary.duplicates += counts[Status.DUPLICATE]
-        # Forgotten customers are counted with the outcome; late, failed and rejected
-        # events are reported as problems.
-        if len(statuses) != counts[Status.APPLIED] + counts[Status.DUPLICATE] + counts[Status.FORGOTTEN]:
+        if len(statuses) == counts[Status.APPLIED]:
+            summary.applied += len(statuses)  # the usual case, counted at once
+        else:
             for i, (status, line, event) in enumerate(zip(statuses, lines, events, strict=True)):
-                if status in _PROBLEMS:
-                    detail = _PROBLEMS[status].format(at=event.occurred_at.isoformat())
-                    if status is Status.INTERNAL_ERROR:
-                        detail = outcome.failures[i]
-                    found.append((line, Problem(file, line, status.value, detail)))
-        report(carried[1][0] if carried[1] else None)
-        await finish(batch)
+                decided(file, line, event, status, outcome.failures.get(i, ""))
+        await finish(batch, carried[1][0] if carried[1] else None)
 
-    async def finish(batch: Batch) -> None:
+    async def finish(batch: Batch, reported_before: int | None = None) -> None:
         outcome = batch.outcomes[REPLAY_STREAM]
+        for event, status, why in outcome.unparked:
+            decided(*parked.pop(id(event)), event, status, why)
+        # Forgotten customers are counted with the outcome; late, failed and rejected
+        # events are reported as problems, in the order of their lines.
+        report(reported_before)
         for detection, (_, value) in zip(outcome.detections, outcome.triggers, strict=True):
             out.write(value + b"\n")
             summary.triggers[detection.moment] += 1
@@ -237,7 +250,7 @@ async def replay(
         summary.suppressed.update(outcome.suppressed)
         summary.deferred += outcome.deferred
         summary.forgotten += len(outcome.forgotten)
-        summary.failed += len(outcome.broken)
+        summary.failed += outcome.dropped[Status.INTERNAL_ERROR]
         if examples is not None:
             examples.extend(outcome.examples)
         await pipeline.commit(batch)
@@ -291,7 +304,7 @@ async def replay(
 
 # Statuses reported as problems, with their detail (an internal error's is its exception).
 _PROBLEMS: Final = {
-    Status.TOO_FAR_AHEAD: "occurred_at {at} is too far ahead of the stream's clock",
+    Status.TOO_FAR_AHEAD: "occurred_at {at} is too far ahead of the stream's time, which did not come to it",
     Status.LATE: "occurred_at {at} is later than the allowed lateness behind its customer's latest event"
     " (or, for a customer with nothing held, the stream's time)",
     Status.INTERNAL_ERROR: "",

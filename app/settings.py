@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # One event per customer erased, once their data is gone.
     topic_confirmations: str = "privacy.confirmations"
     topic_dlq: str = "micromoment.dlq"
+    # Events more than the allowed lateness behind their customer's latest event (reason
+    # `late`): the dead-letter topic by default, or a topic of their own to replay from.
+    topic_late: str = "micromoment.dlq"
     # Internal: labelled examples, keyed by model, for the learners.
     topic_training: str = "micromoments.training"
     # Internal: events that arrived keyed by something other than their customer id
@@ -81,8 +84,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Most records one fetch hands to the detector: bounds a batch's time and memory.
     batch_max: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     # Records of one topic wait for the other input topics of their partition to catch
-    # up, so a stream is processed in event-time order; after this long stuck, they go.
-    align_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 500
+    # up, so a stream is processed in event-time order: as long as it takes for a topic
+    # the broker says has more records, and at most this long for one whose lag is not
+    # known yet (just assigned, or its fetches failing).
+    align_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 10_000
+    # A partition with nothing to read for this long follows the event time of the
+    # deployment's other partitions, so its absence deadlines still fire.
+    idle_partition_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 10_000
     # Moment configuration (TOML) merged over the shipped defaults.
     moments_config: str | None = None
 

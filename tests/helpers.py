@@ -93,6 +93,8 @@ class Run:
     detections: list[Detection] = field(default_factory=list)
     suppressed: list[tuple[str, str]] = field(default_factory=list)
     examples: list[LabelledExample] = field(default_factory=list)
+    # Parked events decided later: (event_id, status).
+    unparked: list[tuple[str, Status]] = field(default_factory=list)
 
     def moments(self, customer: str | None = None) -> list[str]:
         return [d.moment for d in self.detections if customer is None or d.customer_id == customer]
@@ -126,6 +128,7 @@ def run(
         result.detections.extend(outcome.detections)
         result.suppressed.extend(outcome.suppressed.elements())
         result.examples.extend(outcome.examples)
+        result.unparked.extend((event.event_id, status) for event, status, _ in outcome.unparked)
     return result
 
 

@@ -153,7 +153,8 @@ async def test_a_deadline_that_raises_is_dropped_and_the_others_fire(monkeypatch
     carts = [ev("add_to_cart", "0s", customer=c, product_id="p1") for c in ("broken", "fine")]
     triggers, batches = await through_pipeline([*carts, *ticks("40m")], 100, flush=False)
     assert [orjson.loads(t)["subject"] for t in triggers.splitlines()] == ["fine"]
-    assert batches[0].outcomes["s"].broken == {"broken": "RuntimeError: a stored state the code cannot read"}
+    assert batches[0].outcomes["s"].dropped == {"internal_error": 1}
+    assert [str(e) for e in batches[0].errors] == ["a stored state the code cannot read"]
     assert set(Status.APPLIED for _ in carts) == set(statuses(batches))
     # Another cart of the same customer later is a new deadline: tried again, and dropped again.
     again, more = await through_pipeline(
@@ -162,7 +163,7 @@ async def test_a_deadline_that_raises_is_dropped_and_the_others_fire(monkeypatch
         flush=False,
     )
     assert [orjson.loads(t)["subject"] for t in again.splitlines()] == ["fine"]
-    assert more[0].outcomes["s"].broken == {"broken": "RuntimeError: a stored state the code cannot read"}
+    assert [b.outcomes["s"].dropped for b in more] == [{"internal_error": 2}]
 
 
 @pytest.mark.usefixtures("faulty_detection")

@@ -18,7 +18,7 @@ from helpers import (
 from app.clock import EventClock
 from app.config import load_catalogue
 from app.detector import Detector
-from app.processor import Status, StreamProcessor
+from app.processor import PARK_LIMIT, Status, StreamProcessor
 from app.state.codec import encode_state
 from app.window import CustomerState
 
@@ -133,19 +133,29 @@ def test_a_quiet_stream_follows_the_time_of_the_rest_of_the_deployment() -> None
     assert processor.clock == at("40m")
 
 
-def test_a_stream_quiet_for_longer_than_the_skew_accepts_the_deployments_time() -> None:
+def test_a_stream_quiet_for_longer_than_the_skew_waits_for_the_deployments_time() -> None:
+    # A partition quiet for more than the skew: its first event is far ahead of its own clock.
+    # It waits (parked) rather than being rejected, and goes as soon as the deployment's time,
+    # which the other partitions have moved on, reaches this stream.
     later = DEFAULTS.window.max_future_skew + 3_600_000
-    processor = StreamProcessor(Detector(DEFAULTS))
-    processor.process(ticks("0s"), {})
-    outcome = processor.process([ev("compare_view", later)], {}, reference=at(later) - 60_000)
-    assert outcome.statuses == [Status.APPLIED]
+    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor.process(ticks("0s"), states)
+    compare = ev("compare_view", later)
+    assert processor.process([compare], states).statuses == [Status.PARKED]
+    assert [event for event, _ in processor.parked] == [compare]
+    assert processor.due([], at(later)) == {"c1"}
+    outcome = processor.advance(at(later) - 60_000, states)
+    assert outcome.unparked == [(compare, Status.APPLIED, "")]
     assert [d.moment for d in outcome.detections] == ["price_comparison"]
+    assert processor.parked == []
 
 
 def test_before_the_clock_is_known_far_ahead_is_judged_against_what_came_before() -> None:
     # One customer alone cannot confirm a time, yet an event years ahead is still refused.
-    result = run([ev("page_view", "0s"), ev("page_view", "800d"), ev("add_to_cart", "1m", product_id="p")])
-    assert result.statuses == [Status.APPLIED, Status.TOO_FAR_AHEAD, Status.APPLIED]
+    events = [ev("page_view", "0s"), ev("page_view", "800d"), ev("add_to_cart", "1m", product_id="p")]
+    result = run(events, flush=True)
+    assert result.statuses == [Status.APPLIED, Status.PARKED, Status.APPLIED]
+    assert result.unparked == [(events[1].event_id, Status.TOO_FAR_AHEAD)]
     assert result.processor.clock is None
 
 
@@ -171,23 +181,43 @@ def test_an_event_exactly_at_the_watermark_is_applied() -> None:
     assert result.only("price_comparison").ts == at("8m")
 
 
-def test_events_too_far_ahead_are_rejected_without_moving_the_clock() -> None:
+def test_an_event_too_far_ahead_waits_without_moving_the_clock_and_is_refused_if_nothing_comes() -> None:
     skew = DEFAULTS.window.max_future_skew
-    result = run([*ticks("0s"), ev("compare_view", skew + 1), ev("page_view", "1m")])
-    assert result.statuses[-2:] == [Status.TOO_FAR_AHEAD, Status.APPLIED]
+    far = ev("compare_view", skew + 1)
+    result = run([*ticks("0s"), far, ev("page_view", "1m")], flush=True)
+    assert result.statuses[-2:] == [Status.PARKED, Status.APPLIED]
+    assert result.unparked == [(far.event_id, Status.TOO_FAR_AHEAD)]  # the end of input came first
     assert result.detections == []
     assert result.processor.clock == at("0s")
     assert [e.ts for e in result.states["c1"].entries] == [at("1m")]
 
 
-def test_the_clock_follows_a_real_jump_once_events_confirm_it() -> None:
-    # A quiet partition wakes up after more than the skew: its first events are
-    # rejected until enough of them agree on the new time.
+def test_the_clock_follows_a_real_jump_once_customers_confirm_it_and_nothing_is_lost() -> None:
+    # The whole stream jumps (a shop closed for more than the skew reopens): the first
+    # customers' events wait until a third confirms the new time, then all are applied.
     later = DEFAULTS.window.max_future_skew + 3_600_000
-    result = run([*ticks("0s"), *ticks(later, customer="c1"), ev("compare_view", later)])
-    assert result.statuses[3:] == [Status.TOO_FAR_AHEAD, Status.TOO_FAR_AHEAD, Status.APPLIED, Status.APPLIED]
+    jump = ticks(later, customer="back")
+    result = run([*ticks("0s"), *jump, ev("compare_view", later)])
+    assert result.statuses[3:] == [Status.PARKED, Status.PARKED, Status.APPLIED, Status.APPLIED]
+    assert result.unparked == [(jump[0].event_id, Status.APPLIED), (jump[1].event_id, Status.APPLIED)]
     assert result.processor.clock == at(later)
     assert result.moments() == ["price_comparison"]
+
+
+def test_a_wrong_clock_waits_until_the_stream_moves_on_without_it() -> None:
+    wrong = ev("page_view", "800d", customer="wrong-clock")
+    result = run([*ticks("0s"), wrong, *ticks("1m"), *ticks("2m")])
+    assert result.unparked == []  # the stream moved on by less than the allowed lateness
+    result = run([*ticks("0s"), wrong, *ticks("1m"), *ticks("2m"), *ticks("2m1s")])
+    assert result.unparked == [(wrong.event_id, Status.TOO_FAR_AHEAD)]
+    assert result.processor.parked == []
+
+
+def test_at_most_so_many_events_wait() -> None:
+    wrong = [ev("page_view", "800d", customer="wrong-clock") for _ in range(PARK_LIMIT + 2)]
+    result = run([*ticks("0s"), *wrong])
+    assert result.unparked == [(w.event_id, Status.TOO_FAR_AHEAD) for w in wrong[:2]]
+    assert len(result.processor.parked) == PARK_LIMIT
 
 
 def test_out_of_order_events_within_the_lateness_are_inserted_in_time_order() -> None:

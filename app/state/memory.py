@@ -104,6 +104,9 @@ class MemoryStateStore:
         clock, recent = self._clocks.get(stream, (None, []))
         return Checkpoint(clock, dict(self._deadlines.get(stream, {})), recent)
 
+    async def clocks(self) -> dict[str, int]:
+        return {stream: clock for stream, (clock, _) in self._clocks.items() if clock is not None}
+
     async def forget(self, customer: str) -> bool:
         found = self._blobs.pop(customer, None) is not None
         for pending in self._deadlines.values():

@@ -166,6 +166,18 @@ class RedisStateStore:
             [_voter(i, entry) for i, entry in enumerate(recent)],
         )
 
+    async def clocks(self) -> dict[str, int]:
+        streams = sorted(s.decode() for s in cast("set[bytes]", await self.client.smembers(self.streams_key)))
+        if not streams:
+            return {}
+        values = cast("list[bytes | None]", await self.client.mget([self.clock_key(s) for s in streams]))
+        found = {}
+        for stream, value in zip(streams, values, strict=True):
+            time = (value or b"-").split(maxsplit=1)[0]
+            if time != b"-":
+                found[stream] = int(time)
+        return found
+
     async def forget(self, customer: str) -> bool:
         streams = cast("set[bytes]", await self.client.smembers(self.streams_key))
         async with self.client.pipeline(transaction=False) as pipe:

@@ -77,6 +77,9 @@ class StateStore(Protocol):
     async def checkpoint(self, stream: str) -> Checkpoint:
         """The stream's clock and pending deadlines (empty for a new stream)."""
 
+    async def clocks(self) -> dict[str, int]:
+        """Every stream's clock as last saved (streams without one yet are absent)."""
+
     async def forget(self, customer: str) -> bool:
         """Erase everything held about ``customer``; True if there was anything."""
 

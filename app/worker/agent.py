@@ -8,9 +8,13 @@ For each fetch:
    (:mod:`app.worker.alignment`); each is decoded. Undecodable ones become
    dead letters; events keyed by something other than their customer id go to
    the repartition topic, keyed by customer, to come back on the right stream;
-2. run the core over every stream (one state load for the whole fetch);
-3. publish triggers, dead letters and re-keyed events, and wait until the broker
-   has acknowledged every one of them;
+2. run the core over every stream (one state load for the whole fetch), with
+   what only the shell knows: how far a lagging topic has come, the wall clock
+   (no event is from the future), and, for a stream that has had nothing to read
+   for a while, the event time of the deployment's other streams;
+3. publish triggers, dead letters (invalid, late, too far ahead, or failed
+   events) and re-keyed events, and wait until the broker has acknowledged
+   every one of them;
 4. save the states (one atomic write for the whole fetch), then commit offsets.
 
 So offsets never pass an event whose triggers or state are not safe. After a
@@ -18,14 +22,17 @@ crash the uncommitted tail is processed again: events already saved are
 duplicates and change nothing, the others give triggers with the same ids.
 Transient Kafka and Redis failures are retried with backoff, the batch kept
 in hand; a version conflict (another worker wrote a customer meanwhile)
-reloads the streams and redoes the batch. What happens is counted in
-:mod:`app.metrics`, a few increments per batch (:mod:`app.worker.instruments`).
+reloads the streams and redoes the batch. No record can stop the worker: one
+whose processing raises is dead-lettered (``internal_error``) and the batch
+goes on without it (:class:`app.pipeline.Pipeline`). What happens is counted
+in :mod:`app.metrics`, a few increments per batch (:mod:`app.worker.instruments`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
@@ -40,15 +47,14 @@ from redis.exceptions import RedisError
 
 from app.confirmations import confirmation
 from app.decoding import Rejection, decode_event
-from app.detection import Detection
 from app.events import Event
 from app.metrics import WorkerMetrics, retry_cause
 from app.pipeline import Batch, Pipeline
 from app.privacy import redact
-from app.processor import Status
+from app.processor import Outcome, Record, Status, describe_error
 from app.settings import Settings
 from app.state.store import ConflictError
-from app.triggers import CONTENT_TYPE, TriggerWriter, encode
+from app.triggers import CONTENT_TYPE, TriggerWriter, encode, format_time
 from app.worker.alignment import Aligner
 from app.worker.faust_batch import BatchApp, BatchConsumer, RecordBatch
 from app.worker.instruments import FetchTimes, account_completed, account_routed
@@ -61,6 +67,11 @@ RETRYABLE: Final = (KafkaError, ProducerSendError, RedisError, OSError)
 FIRST_RETRY_S: Final = 0.1
 LAST_RETRY_S: Final = 5.0
 MAX_DETAIL: Final = 1024
+# How often quiet streams are looked for, and the stream clocks of other workers read.
+QUIET_CHECK_S: Final = 1.0
+CLOCKS_REFRESH_S: Final = 5.0
+# Failures logged with their traceback per batch; the rest are only counted.
+LOGGED_FAILURES: Final = 5
 
 
 class Routed(msgspec.Struct, gc=False):
@@ -76,6 +87,20 @@ class Routed(msgspec.Struct, gc=False):
 
 def stream_of(partition: int) -> str:
     return f"p{partition}"
+
+
+def _partition_of(stream: str) -> int:
+    return int(stream[1:])
+
+
+def _parked_in(routed: Routed, stream: str, outcome: Outcome) -> dict[int, ConsumerRecord]:
+    """The records of the events the batch parked on ``stream``, by the event object's id."""
+    events, records = routed.events.get(stream, []), routed.records.get(stream, [])
+    return {
+        id(event): record
+        for event, status, record in zip(events, outcome.statuses, records, strict=True)
+        if status is Status.PARKED
+    }
 
 
 class DetectorAgent:
@@ -94,6 +119,9 @@ class DetectorAgent:
         self.metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
         self._fetch_times = FetchTimes()
         self.writer = TriggerWriter(source, pipeline.detector.policy.subject)
+        # The core builds each trigger's record as it routes it: one it cannot build
+        # fails only the event that made it.
+        pipeline.render = self.writer.record
         self._order = {
             topic: i for i, topic in enumerate([*settings.input_topics, settings.topic_repartition])
         }
@@ -103,12 +131,24 @@ class DetectorAgent:
         # Next offset to read, per input partition, of what has been fetched.
         self._fetched: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
+        # Partition -> the records of its parked events (too far ahead, waiting for the
+        # stream's time; by the event object's id), kept uncommitted until decided.
+        self._parked: dict[int, dict[int, ConsumerRecord]] = {}
         # Input partitions not fetched from while this many of their records wait to be aligned.
         self._pause_at = settings.batch_max
         self._paused: set[TP] = set()
         self._waited = 0.0
         self._left_at = time.monotonic()
         self.max_wait = settings.align_max_wait_ms / 1000
+        # Partition -> how far its topics that are behind have come (see Aligner.hold).
+        self._holds: dict[int, int] = {}
+        # Partition -> when records of it last went to the core (time.monotonic).
+        self._released_at: dict[int, float] = {}
+        self._idle_after = settings.idle_partition_ms / 1000
+        self._quiet_checked = 0.0
+        # Stream -> its clock as another worker last saved it; refreshed now and then.
+        self._clocks: dict[str, int] = {}
+        self._clocks_read = 0.0
         app.batch_agent(list(self._order), self)
         # Faust's signal types do not admit a receiver's own parameters; it sends (revoked,).
         app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
@@ -123,8 +163,9 @@ class DetectorAgent:
                 self._fetch_times.add(tp, records[-1].offset, fetched_at)
             try:
                 released = self._release(now)
-                if released:
-                    await self._handle(released)
+                quiet = await self._quiet_streams(released)
+                if released or quiet:
+                    await self._handle(released, quiet)
                 self._flow_control()
             finally:
                 self._left_at = time.monotonic()
@@ -136,28 +177,31 @@ class DetectorAgent:
         self._left_at = now
         return self._waited
 
-    async def _handle(self, released: dict[int, list[ConsumerRecord]]) -> None:
+    async def _handle(self, released: dict[int, list[ConsumerRecord]], quiet: dict[str, int]) -> None:
+        """Process released records, and move quiet streams to the deployment's time ``quiet``."""
         started = time.monotonic()
         fetched = self._fetch_times.released(released.values())
         routed = self.route(released)
         account_routed(self.metrics, routed, int(time.time() * 1000))
         in_hand = {TP(r.topic, r.partition) for records in released.values() for r in records}
+        holds = {stream_of(p): self._holds[p] for p in released if p in self._holds}
         delay = FIRST_RETRY_S
         while True:
             try:
-                batch, acknowledged = await self._process(routed)
+                batch, acknowledged = await self._process(routed, quiet, holds)
                 break
             except (ConflictError, *RETRYABLE) as exc:
                 # Nothing of the batch was saved: reload the streams and redo it.
                 self.metrics.batch_retries.labels(retry_cause(exc)).inc()
                 log.warning("batch failed, redoing it in %.1f s: %r", delay, exc)
-                self.pipeline.close(routed.events)
+                self.pipeline.reset([*routed.events, *quiet])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY_S)
                 if not in_hand <= self._consumer.assignment():
                     self.metrics.batches.labels("abandoned").inc()
                     log.info("partitions revoked while retrying; their new owner takes the batch over")
                     return
+        self._keep_parked(routed, batch)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
         offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
         if offsets:
@@ -180,13 +224,66 @@ class DetectorAgent:
         for partition, aligner in self._aligners.items():
             if len(aligner):
 
-                def caught_up(topic: str, partition: int = partition) -> bool:
-                    return self._consumer.lag(TP(topic, partition)) == 0
+                def caught_up(topic: str, partition: int = partition) -> bool | None:
+                    lag = self._consumer.lag(TP(topic, partition))
+                    return None if lag is None else lag == 0
 
                 records = aligner.release(caught_up, now)
                 if records:
                     released[partition] = records
+                    self._released_at[partition] = time.monotonic()
+                    hold = aligner.hold(caught_up)
+                    if hold is None:
+                        self._holds.pop(partition, None)
+                    else:
+                        self._holds[partition] = hold
         return released
+
+    async def _quiet_streams(self, released: dict[int, list[ConsumerRecord]]) -> dict[str, int]:
+        """Streams with nothing to read for a while, whose deadlines the deployment's time has passed.
+
+        A stream's clock moves with its own events only; a partition that falls quiet
+        (or whose customers all left) would hold its abandoned carts and deferred
+        triggers until traffic comes back. As Flink does with idle sources, such a
+        stream follows the others instead: its clock is moved to the median of the
+        deployment's stream clocks (those of this worker, and those other workers
+        saved), never back.
+        """
+        now = time.monotonic()
+        if now - self._quiet_checked < QUIET_CHECK_S:
+            return {}
+        self._quiet_checked = now
+        if now - self._clocks_read >= CLOCKS_REFRESH_S:
+            self._clocks_read = now
+            try:
+                self._clocks = await self.pipeline.store.clocks()
+            except RETRYABLE as exc:
+                log.info("could not read the other streams' clocks (%r): trying again later", exc)
+        clocks = {**self._clocks, **self.pipeline.clocks}
+        if not clocks:
+            return {}
+        deployment = statistics.median_low(clocks.values())
+        quiet = {}
+        for partition in {tp.partition for tp in self._consumer.assignment() if tp.topic in self._order}:
+            stream = stream_of(partition)
+            if partition in released or not self.pipeline.is_open(stream):
+                continue
+            aligner = self._aligners.get(partition)
+            if aligner is not None and len(aligner):
+                continue
+            if now - self._released_at.get(partition, 0.0) < self._idle_after:
+                continue
+            if any(self._consumer.lag(TP(topic, partition)) != 0 for topic in self._order):
+                continue
+            if self.pipeline.processor(stream).due((), deployment):
+                log.info(
+                    "stream %s has been quiet for %.0f s: its clock follows the deployment's, %s",
+                    stream,
+                    now - self._released_at.get(partition, now),
+                    format_time(deployment),
+                )
+                quiet[stream] = deployment
+        return quiet
 
     def _flow_control(self) -> None:
         """Stop fetching topic-partitions whose records pile up in an aligner; resume them once drained.
@@ -216,12 +313,32 @@ class DetectorAgent:
             self._paused -= resume
 
     def _committable(self) -> dict[TP, int]:
-        """Next offset to read per partition: past what is processed, short of what waits."""
+        """Next offset to read per partition: past what is processed, short of what waits.
+
+        What waits: records in an aligner, and parked events (too far ahead of their stream's
+        time), which are in no checkpoint, so that whoever owns the partition next (this
+        worker after a crash, or another) reads them again.
+        """
         offsets = dict(self._fetched)
         for partition, aligner in self._aligners.items():
             for topic, offset in aligner.next_offsets().items():
                 offsets[TP(topic, partition)] = offset
+        for records in self._parked.values():
+            for record in records.values():
+                tp = TP(record.topic, record.partition)
+                offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
         return offsets
+
+    def _keep_parked(self, routed: Routed, batch: Batch) -> None:
+        """Once a batch is done: hold the records of the events it parked, let go of those it decided."""
+        for stream, outcome in batch.outcomes.items():
+            partition = _partition_of(stream)
+            kept = self._parked.setdefault(partition, {})
+            kept.update(_parked_in(routed, stream, outcome))
+            for event, _, _ in outcome.unparked:
+                kept.pop(id(event), None)
+            if not kept:
+                del self._parked[partition]
 
     def route(self, released: dict[int, list[ConsumerRecord]]) -> Routed:
         routed = Routed()
@@ -244,14 +361,18 @@ class DetectorAgent:
                 kept.append(record)
         return routed
 
-    async def _process(self, routed: Routed) -> tuple[Batch, float]:
+    async def _process(
+        self, routed: Routed, quiet: dict[str, int], holds: dict[str, int]
+    ) -> tuple[Batch, float]:
         """The batch, and when the broker had acknowledged its triggers (time.monotonic)."""
-        batch = await self.pipeline.run(routed.events)
+        batch = await self.pipeline.run(routed.events, advance=quiet, holds=holds)
+        self._log_failures(batch)
         settings = self.settings
+        outcomes = batch.outcomes.values()
         dead = list(self._dead_letters(routed, batch))
         sent = [
-            *self._records(settings.topic_triggers, batch.detections),
-            *self._records(settings.topic_holdout, batch.held_out),
+            *self._records(settings.topic_triggers, [r for o in outcomes for r in o.triggers]),
+            *self._records(settings.topic_holdout, [r for o in outcomes for r in o.held_out_records]),
             *dead,
             *self._repartitioned(routed),
             *self._training(batch),
@@ -273,11 +394,18 @@ class DetectorAgent:
             )
         return batch, acknowledged
 
-    def _records(self, topic: str, detections: list[Detection]) -> Iterable[Awaitable[Awaitable[Any]]]:
+    def _records(self, topic: str, records: list[Record]) -> Iterable[Awaitable[Awaitable[Any]]]:
         producer = self.app.producer
-        for detection in detections:
-            key, value = self.writer.record(detection)
+        for key, value in records:
             yield producer.send(topic, key, value, None, None, TRIGGER_HEADERS)
+
+    @staticmethod
+    def _log_failures(batch: Batch) -> None:
+        """What raised while the batch ran (the events skipped, the deadlines dropped), with tracebacks."""
+        for error in batch.errors[:LOGGED_FAILURES]:
+            log.error("skipped after a failure: %s", describe_error(error), exc_info=error)
+        if len(batch.errors) > LOGGED_FAILURES:
+            log.error("... and %d more failures in this batch", len(batch.errors) - LOGGED_FAILURES)
 
     def _training(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
         """Labelled examples for the learners (only when this deployment learns)."""
@@ -295,13 +423,29 @@ class DetectorAgent:
             yield producer.send(topic, event["subject"].encode(), encode(event), None, None, TRIGGER_HEADERS)
 
     def _dead_letters(self, routed: Routed, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
-        dead = list(routed.dead)
+        settings = self.settings
+        dead = [(record, reason, detail, settings.topic_dlq) for record, reason, detail in routed.dead]
         for stream, outcome in batch.outcomes.items():
-            for status, record in zip(outcome.statuses, routed.records[stream], strict=True):
+            records = routed.records.get(stream, [])
+            decided = [
+                (status, record, outcome.failures.get(i, ""))
+                for i, (status, record) in enumerate(zip(outcome.statuses, records, strict=True))
+            ]
+            if outcome.unparked:
+                parked = {
+                    **self._parked.get(_partition_of(stream), {}),
+                    **_parked_in(routed, stream, outcome),
+                }
+                decided += [(status, parked[id(event)], why) for event, status, why in outcome.unparked]
+            for status, record, why in decided:
                 if status is Status.TOO_FAR_AHEAD:
-                    dead.append((record, status.value, "occurred_at is too far ahead of the stream's clock"))
-        producer, topic = self.app.producer, self.settings.topic_dlq
-        for record, reason, detail in dead:
+                    dead.append((record, status.value, _AHEAD, settings.topic_dlq))
+                elif status is Status.LATE:
+                    dead.append((record, status.value, _LATE, settings.topic_late))
+                elif status is Status.INTERNAL_ERROR:
+                    dead.append((record, status.value, why, settings.topic_dlq))
+        producer = self.app.producer
+        for record, reason, detail, topic in dead:
             headers = [
                 *(record.headers or ()),
                 ("mm.dlq.reason", reason.encode()),
@@ -334,6 +478,9 @@ class DetectorAgent:
                 aligner = self._aligners.pop(partition, None)
                 if aligner is not None:
                     aligner.clear()
+                self._holds.pop(partition, None)
+                self._released_at.pop(partition, None)
+                self._parked.pop(partition, None)
             for tp in revoked:
                 self._fetched.pop(tp, None)
                 self._committed.pop(tp, None)
@@ -341,6 +488,13 @@ class DetectorAgent:
             # The consumer forgets pauses of revoked partitions itself.
             self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}
             self.pipeline.close({stream_of(p) for p in partitions})
+
+
+_AHEAD: Final = "occurred_at is too far ahead of the stream's time, which did not come to it"
+_LATE: Final = (
+    "occurred_at is more than the allowed lateness behind its customer's latest event"
+    " (or, for a customer with nothing held, the stream's time)"
+)
 
 
 def _seconds(record: ConsumerRecord) -> float | None:

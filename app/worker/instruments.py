@@ -122,10 +122,13 @@ def account_completed(
     """A batch is done (published, saved, committed): what the detector made of it, and how long it took."""
     statuses: Counter[Status] = Counter()
     suppressed: Counter[tuple[str, str]] = Counter()
+    dropped: Counter[str] = Counter()
     for outcome in batch.outcomes.values():
         statuses.update(outcome.statuses)
         suppressed.update(outcome.suppressed)
+        dropped.update(outcome.dropped)
     metrics.add(metrics.events_processed, {status.value: n for status, n in statuses.items()})
+    metrics.add(metrics.deadlines_dropped, dropped)
     rejected = Counter(reason for _, reason, _ in routed.dead)
     rejected[Status.TOO_FAR_AHEAD.value] += statuses[Status.TOO_FAR_AHEAD]
     metrics.add(metrics.events_rejected, rejected)
@@ -180,6 +183,10 @@ class MeteredStore:
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         result: Checkpoint = await self._timed("checkpoint", self.inner.checkpoint(stream))
+        return result
+
+    async def clocks(self) -> dict[str, int]:
+        result: dict[str, int] = await self._timed("checkpoint", self.inner.clocks())
         return result
 
     async def forget(self, customer: str) -> bool:

@@ -73,19 +73,26 @@ def copartitioned_topics(settings: Settings) -> list[str]:
     return [*settings.input_topics, settings.topic_repartition]
 
 
+def worker_topics(settings: Settings) -> list[str]:
+    """Every topic the worker reads or writes, each once."""
+    topics = [
+        *copartitioned_topics(settings),
+        settings.topic_triggers,
+        settings.topic_holdout,
+        settings.topic_confirmations,
+        settings.topic_dlq,
+        settings.topic_late,
+        settings.topic_training,
+    ]
+    return list(dict.fromkeys(topics))
+
+
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create missing topics (if allowed) and check the layout; returns partitions per topic."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
-        topics = [
-            *copartitioned_topics(settings),
-            settings.topic_triggers,
-            settings.topic_holdout,
-            settings.topic_confirmations,
-            settings.topic_dlq,
-            settings.topic_training,
-        ]
+        topics = worker_topics(settings)
         if settings.create_topics:
             # Create before describing: some brokers create a topic with default settings
             # when its metadata is first asked for.

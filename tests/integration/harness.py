@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from app import cli
+from app.clock import QUORUM
 from app.embedded import EmbeddedBroker, EmbeddedRedis
 from app.settings import Settings, load_settings
 from app.triggers import format_time
@@ -227,11 +228,6 @@ def last_event_time(lines: Iterable[bytes]) -> datetime:
     return latest
 
 
-# Ticks per partition: a stream's clock may wait for several consecutive events to
-# agree on a time before it moves, so one might not be enough.
-TICKS_PER_PARTITION = 5
-
-
 def ticks(
     lines: Sequence[bytes],
     partitions: Iterable[int] | None = None,
@@ -239,7 +235,7 @@ def ticks(
     after: timedelta = timedelta(days=1),
     tag: str = "tick",
 ) -> list[bytes]:
-    """Page views by a synthetic customer per partition, ``after`` the input's last event.
+    """Page views by synthetic customers of every partition, ``after`` the input's last event.
 
     Streaming cannot know that the input ended, so a cart abandoned near the end fires
     only once event time moves on, and a trigger deferred by quiet hours is released
@@ -248,21 +244,23 @@ def ticks(
     (``partitions``, of ``of``; all by default) past every pending deadline (a day is
     past any cart deadline and any quiet night, and well within how far an event may
     run ahead of the stream), so both give the same triggers, and replay's final
-    flush finds nothing. ``tag`` starts their event ids: ticks of one input need one each.
+    flush finds nothing. A stream's clock moves only once ``QUORUM`` distinct customers
+    have reached a time, so each partition gets that many tick customers. ``tag`` starts
+    their event ids: ticks of one input need one each.
     """
     at = format_time(int((last_event_time(lines) + after).timestamp() * 1000))
-    customers = customers_per_partition("zz-tick", of)
+    customers = [customers_per_partition(f"zz-{tag}-{n}", of) for n in range(QUORUM)]
     return [
         orjson.dumps(
             {
-                "event_id": f"{tag}-{customers[p]}-{n}",
-                "customer_id": customers[p],
+                "event_id": f"{tag}-{customers[n][p]}",
+                "customer_id": customers[n][p],
                 "event_type": "page_view",
                 "occurred_at": at,
                 "page": "/",
             }
         )
-        for n in range(TICKS_PER_PARTITION)
+        for n in range(QUORUM)
         for p in (range(of) if partitions is None else partitions)
     ]
 

@@ -34,9 +34,9 @@ def stamps(records: list[R]) -> list[tuple[str, int]]:
     return [(r.topic, r.timestamp) for r in records]
 
 
-def caught_up(*topics: str) -> Callable[[str], bool]:
-    """Only ``topics`` are caught up with their log end."""
-    return lambda topic: topic in topics
+def caught_up(*topics: str, behind: tuple[str, ...] = ()) -> Callable[[str], bool | None]:
+    """Only ``topics`` are caught up with their log end; ``behind`` are known to have more; others unknown."""
+    return lambda topic: True if topic in topics else (False if topic in behind else None)
 
 
 ALL = caught_up("a", "b", "c")
@@ -99,6 +99,29 @@ def test_forced_release_after_max_wait_without_arrival() -> None:
     assert aligner.release(caught_up("a"), now=1.375) == []  # not before max_wait
     # Stuck for max_wait: order gives way to progress, everything waiting goes.
     assert stamps(aligner.release(caught_up("a"), now=1.5)) == [("a", 10), ("a", 20)]
+
+
+def test_a_topic_known_to_have_records_is_waited_for_however_long() -> None:
+    # A slow topic (large records, a slow broker) must not be overtaken: its events would
+    # all come after the stream had moved on.
+    aligner: Aligner[R] = Aligner(["a", "b"], max_wait=0.5)
+    aligner.add("a", recs("a", 10, 20), now=1.0)
+    slow = caught_up("a", behind=("b",))
+    assert aligner.release(slow, now=3600.0) == []
+    aligner.add("b", recs("b", 15), now=3601.0)
+    assert stamps(aligner.release(slow, now=3601.0)) == [("a", 10), ("b", 15)]
+
+
+def test_hold_says_how_far_a_topic_that_is_behind_has_come() -> None:
+    aligner: Aligner[R] = Aligner(["a", "b", "c"], max_wait=0.5)
+    assert aligner.hold(NONE) == 0
+    aligner.add("a", recs("a", 10, 40), now=0.0)
+    aligner.add("b", recs("b", 20), now=0.0)
+    aligner.release(caught_up("c"), now=0.0)  # 10, 20 go; b is empty and behind
+    assert aligner.hold(caught_up("c")) == 20
+    assert stamps(aligner.release(caught_up("c"), now=0.5)) == [("a", 40)]  # forced past b
+    assert aligner.hold(caught_up("c")) == 20
+    assert aligner.hold(ALL) is None
 
 
 def test_an_arrival_restarts_the_wait() -> None:
@@ -209,7 +232,7 @@ async def test_agent_pauses_topic_partitions_that_pile_up(
     clicks, search = settings.topic_clickstream, settings.topic_search
     handled: list[dict[int, list[Any]]] = []
 
-    async def handle(released: dict[int, list[Any]]) -> None:
+    async def handle(released: dict[int, list[Any]], quiet: dict[str, int]) -> None:
         handled.append(released)
 
     monkeypatch.setattr(agent, "_handle", handle)
