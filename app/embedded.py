@@ -139,6 +139,23 @@ class _Server:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed (for fault injection)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: hung, connections open but nothing answered (for fault injection)."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGCONT)
+
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
         text = Path(self._log.name).read_text(errors="replace")
@@ -188,12 +205,18 @@ class EmbeddedBroker(_Server):
 
 
 class EmbeddedRedis(_Server):
-    """``redis-server`` keeping nothing on disk."""
+    """``redis-server``, keeping nothing on disk unless ``appendfsync`` is given.
+
+    With ``appendfsync="always"`` every write is in its append-only file before Redis
+    answers, so a restart after a kill (:meth:`kill`, then :meth:`start`, on the same
+    port) finds everything that was acknowledged.
+    """
 
     name = "redis"
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, appendfsync: str | None = None) -> None:
         super().__init__(port)
+        self.appendfsync = appendfsync
         self._dir = tempfile.TemporaryDirectory(prefix="micromoments-redis-")
 
     @staticmethod
@@ -216,8 +239,11 @@ class EmbeddedRedis(_Server):
             str(self.port),
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(
+                ["--appendonly", "no"]
+                if self.appendfsync is None
+                else ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+            ),
             "--dir",
             self._dir.name,
             "--protected-mode",

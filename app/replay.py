@@ -256,7 +256,7 @@ async def replay(
         await pipeline.commit(batch)
 
     # The last events of a chunk, of one time, wait for the next chunk of their file, which
-    # may hold more events of that time: a tie is ordered whole (see _tie_order).
+    # may hold more events of that time: a tie is ordered whole (see in_tie_order).
     carried: tuple[list[Event], list[int]] = ([], [])
     total = sum(path.stat().st_size for path in paths)
     progress = tqdm(
@@ -269,7 +269,7 @@ async def replay(
                 gc.collect()
             if file != reading and carried[0]:
                 held, carried = carried, ([], [])
-                await run(reading, *_tie_order(*held))
+                await run(reading, *in_tie_order(*held))
             reading = file
             decoded = list(map(decode_event, chunk))
             lines = list(range(first, first + len(chunk)))
@@ -289,11 +289,11 @@ async def replay(
             events, lines = carried[0] + events, carried[1] + lines
             cut = _last_tie(events)
             carried = (events[cut:], lines[cut:])
-            events, lines = _tie_order(events[:cut], lines[:cut])
+            events, lines = in_tie_order(events[:cut], lines[:cut])
             await run(file, events, lines)
         if carried[0]:
             held, carried = carried, ([], [])
-            await run(reading, *_tie_order(*held))
+            await run(reading, *in_tie_order(*held))
         await pipeline.open([REPLAY_STREAM])
         await finish(await pipeline.flush(REPLAY_STREAM))
     if detector.models is not None:
@@ -319,7 +319,7 @@ def _last_tie(events: Sequence[Event]) -> int:
     return cut
 
 
-def _tie_order(events: list[Event], lines: list[int]) -> tuple[list[Event], list[int]]:
+def in_tie_order(events: list[Event], lines: list[int]) -> tuple[list[Event], list[int]]:
     """``events`` (and their ``lines``) with each run of one ``occurred_at`` in :data:`TIE_RANK` order.
 
     So that replay takes events of one time as the worker does, which merges its input

@@ -60,8 +60,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     topic_confirmations: str = "privacy.confirmations"
     topic_dlq: str = "micromoment.dlq"
     # Events more than the allowed lateness behind their customer's latest event (reason
-    # `late`): the dead-letter topic by default, or a topic of their own to replay from.
-    topic_late: str = "micromoment.dlq"
+    # `late`): the dead-letter topic when unset, or a topic of their own to replay from.
+    topic_late: str | None = None
     # Internal: labelled examples, keyed by model, for the learners.
     topic_training: str = "micromoments.training"
     # Internal: events that arrived keyed by something other than their customer id
@@ -112,6 +112,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Only loopback by default; set 0.0.0.0 in a container so Prometheus can scrape.
     metrics_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def late_topic(self) -> str:
+        """Where late events go: ``topic_late``, or the dead-letter topic."""
+        return self.topic_late or self.topic_dlq
 
     @property
     def input_topics(self) -> tuple[str, ...]:

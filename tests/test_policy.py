@@ -528,6 +528,17 @@ def test_without_a_time_zone_the_configured_default_applies() -> None:
     )
 
 
+@pytest.mark.parametrize("zone", ["Europe", "Etc", "../../etc/passwd", "", "Europe/Paris/x"])
+def test_a_stored_zone_that_is_no_zone_never_breaks_a_judgement(zone: str) -> None:
+    # States stored before zones were checked on decoding may hold anything: "Europe" made
+    # ZoneInfo raise IsADirectoryError, an OSError that the worker retried for ever.
+    new_york = Policy(configured(quiet_hours={"enabled": True}, default_timezone="America/New_York").policy)
+    state = CustomerState(customer_id="c1", timezone=zone)
+    verdict = new_york.judge(detection("local_intent", off("2026-11-26T02:00:00Z")), state)
+    assert verdict.verdict is Verdict.DEFER  # as in New York, the default
+    assert state.deferred[0].release_at == utc("2026-11-26T13:00:00Z")
+
+
 def test_an_unknown_default_time_zone_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="default_timezone"):
         configured(default_timezone="Europe/Atlantis")

@@ -35,7 +35,7 @@ import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Final, cast
 
 import msgspec
@@ -74,6 +74,23 @@ CLOCKS_REFRESH_S: Final = 5.0
 LOGGED_FAILURES: Final = 5
 
 
+class Arrival(msgspec.Struct, gc=False):
+    """A fetched record, decoded as it arrives, and aligned by its event's time.
+
+    Not by the record's timestamp: a producer that stamps one record with the wall
+    clock would otherwise hold its topic back behind it. What is no event waits for
+    nothing: it takes the time of the record before it.
+    """
+
+    record: ConsumerRecord
+    decoded: Event | Rejection
+    timestamp: int
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
 class Routed(msgspec.Struct, gc=False):
     """A fetch sorted out: events per stream (with their records), and what goes elsewhere."""
 
@@ -91,6 +108,12 @@ def stream_of(partition: int) -> str:
 
 def _partition_of(stream: str) -> int:
     return int(stream[1:])
+
+
+def _customer_key(arrival: Arrival) -> bytes | None:
+    """Whose an arrival is, for the aligner: its record's key, the customer id as producers key it."""
+    key: bytes | None = arrival.record.key
+    return key
 
 
 def _parked_in(routed: Routed, stream: str, outcome: Outcome) -> dict[int, ConsumerRecord]:
@@ -127,7 +150,9 @@ class DetectorAgent:
         }
         self._busy = asyncio.Lock()
         # Partition -> records waiting for their turn in event-time order.
-        self._aligners: dict[int, Aligner[ConsumerRecord]] = {}
+        self._aligners: dict[int, Aligner[Arrival]] = {}
+        # Time of the latest event fetched per topic-partition (see Arrival).
+        self._last_time: dict[TP, int] = {}
         # Next offset to read, per input partition, of what has been fetched.
         self._fetched: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
@@ -158,7 +183,7 @@ class DetectorAgent:
             now = self._waiting_clock()
             fetched_at = time.monotonic()
             for tp, records in fetch.items():
-                self._aligner(tp.partition).add(tp.topic, records, now)
+                self._aligner(tp.partition).add(tp.topic, self._arrivals(tp, records), now)
                 self._fetched[tp] = records[-1].offset + 1
                 self._fetch_times.add(tp, records[-1].offset, fetched_at)
             try:
@@ -170,6 +195,17 @@ class DetectorAgent:
             finally:
                 self._left_at = time.monotonic()
 
+    def _arrivals(self, tp: TP, records: Sequence[ConsumerRecord]) -> list[Arrival]:
+        arrivals = []
+        last = self._last_time.get(tp, 0)
+        for record in records:
+            decoded = decode_event(record.value or b"")
+            if not isinstance(decoded, Rejection):
+                last = decoded.ts
+            arrivals.append(Arrival(record, decoded, last))
+        self._last_time[tp] = last
+        return arrivals
+
     def _waiting_clock(self) -> float:
         """Seconds spent waiting for fetches, not processing them: what aligners wait on."""
         now = time.monotonic()
@@ -177,13 +213,14 @@ class DetectorAgent:
         self._left_at = now
         return self._waited
 
-    async def _handle(self, released: dict[int, list[ConsumerRecord]], quiet: dict[str, int]) -> None:
+    async def _handle(self, released: dict[int, list[Arrival]], quiet: dict[str, int]) -> None:
         """Process released records, and move quiet streams to the deployment's time ``quiet``."""
         started = time.monotonic()
-        fetched = self._fetch_times.released(released.values())
+        records = [[arrival.record for arrival in arrivals] for arrivals in released.values()]
+        fetched = self._fetch_times.released(records)
         routed = self.route(released)
         account_routed(self.metrics, routed, int(time.time() * 1000))
-        in_hand = {TP(r.topic, r.partition) for records in released.values() for r in records}
+        in_hand = {TP(r.topic, r.partition) for batch in records for r in batch}
         holds = {stream_of(p): self._holds[p] for p in released if p in self._holds}
         delay = FIRST_RETRY_S
         while True:
@@ -210,15 +247,18 @@ class DetectorAgent:
             if committed:
                 self._committed.update(offsets)
 
-    def _aligner(self, partition: int) -> Aligner[ConsumerRecord]:
+    def _aligner(self, partition: int) -> Aligner[Arrival]:
         aligner = self._aligners.get(partition)
         if aligner is None:
             aligner = self._aligners[partition] = Aligner(
-                list(self._order), max_wait=self.max_wait, max_buffered=8 * self.settings.batch_max
+                list(self._order),
+                max_wait=self.max_wait,
+                max_buffered=8 * self.settings.batch_max,
+                voter=_customer_key,
             )
         return aligner
 
-    def _release(self, now: float) -> dict[int, list[ConsumerRecord]]:
+    def _release(self, now: float) -> dict[int, list[Arrival]]:
         """Per partition, the records whose turn has come in event-time order."""
         released = {}
         for partition, aligner in self._aligners.items():
@@ -239,7 +279,7 @@ class DetectorAgent:
                         self._holds[partition] = hold
         return released
 
-    async def _quiet_streams(self, released: dict[int, list[ConsumerRecord]]) -> dict[str, int]:
+    async def _quiet_streams(self, released: dict[int, list[Arrival]]) -> dict[str, int]:
         """Streams with nothing to read for a while, whose deadlines the deployment's time has passed.
 
         A stream's clock moves with its own events only; a partition that falls quiet
@@ -340,15 +380,15 @@ class DetectorAgent:
             if not kept:
                 del self._parked[partition]
 
-    def route(self, released: dict[int, list[ConsumerRecord]]) -> Routed:
+    def route(self, released: dict[int, list[Arrival]]) -> Routed:
         routed = Routed()
         repartition = self.settings.topic_repartition
-        for partition, records in sorted(released.items()):
+        for partition, arrivals in sorted(released.items()):
             stream = stream_of(partition)
             events = routed.events.setdefault(stream, [])
             kept = routed.records.setdefault(stream, [])
-            for record in records:
-                decoded = decode_event(record.value or b"")
+            for arrival in arrivals:
+                record, decoded = arrival.record, arrival.decoded
                 if isinstance(decoded, Rejection):
                     routed.dead.append((record, decoded.reason.value, decoded.detail))
                     continue
@@ -441,7 +481,7 @@ class DetectorAgent:
                 if status is Status.TOO_FAR_AHEAD:
                     dead.append((record, status.value, _AHEAD, settings.topic_dlq))
                 elif status is Status.LATE:
-                    dead.append((record, status.value, _LATE, settings.topic_late))
+                    dead.append((record, status.value, _LATE, settings.late_topic))
                 elif status is Status.INTERNAL_ERROR:
                     dead.append((record, status.value, why, settings.topic_dlq))
         producer = self.app.producer
@@ -484,6 +524,7 @@ class DetectorAgent:
             for tp in revoked:
                 self._fetched.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._last_time.pop(TP(tp.topic, tp.partition), None)
             self._fetch_times.forget(revoked)
             # The consumer forgets pauses of revoked partitions itself.
             self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}

@@ -81,7 +81,7 @@ def worker_topics(settings: Settings) -> list[str]:
         settings.topic_holdout,
         settings.topic_confirmations,
         settings.topic_dlq,
-        settings.topic_late,
+        settings.late_topic,
         settings.topic_training,
     ]
     return list(dict.fromkeys(topics))

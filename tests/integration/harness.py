@@ -21,8 +21,9 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -30,7 +31,10 @@ from aiokafka.partitioner import murmur2
 
 from app import cli
 from app.clock import QUORUM
+from app.decoding import decode_event
 from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.events import Event
+from app.replay import in_tie_order
 from app.settings import Settings, load_settings
 from app.triggers import format_time
 from app.worker.alignment import Aligner
@@ -68,6 +72,7 @@ def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extr
         "MM_TOPIC_HOLDOUT": f"holdout-{suffix}",
         "MM_TOPIC_CONFIRMATIONS": f"confirmations-{suffix}",
         "MM_TOPIC_DLQ": f"dlq-{suffix}",
+        "MM_TOPIC_LATE": f"dlq-{suffix}",
         "MM_TOPIC_REPARTITION": f"repartition-{suffix}",
         "MM_TOPIC_TRAINING": f"training-{suffix}",
         "MM_MOMENTS_CONFIG": str(RULES_ONLY),
@@ -97,9 +102,13 @@ class WorkerProcess:
     Its stdout and stderr go to ``log``.
     """
 
-    def __init__(self, env: Mapping[str, str], log: Path, command: str = "worker") -> None:
+    def __init__(
+        self, env: Mapping[str, str], log: Path, command: str = "worker", *, faults: bool = False
+    ) -> None:
         self.log = log
         self.command = command
+        # With the faults of faults.py planted: events marked for it make the core raise.
+        self.faults = faults
         # The test's own environment, less any MM_ variable: the worker refuses unknown ones.
         base = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
         self._env = {**base, **env, "PYTHONUNBUFFERED": "1"}
@@ -109,8 +118,9 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         with open(self.log, "ab") as out:
+            program = [str(Path(__file__).with_name("faults.py"))] if self.faults else ["-m", "app.cli"]
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", self.command],
+                [sys.executable, *program, self.command],
                 env=self._env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
@@ -170,8 +180,11 @@ class Workers:
         self.directory = directory
         self.started: list[WorkerProcess] = []
 
-    def start(self, env: Mapping[str, str], command: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env, self.directory / f"{command}-{len(self.started) + 1}.log", command)
+    def start(
+        self, env: Mapping[str, str], command: str = "worker", *, faults: bool = False
+    ) -> WorkerProcess:
+        log = self.directory / f"{command}-{len(self.started) + 1}.log"
+        worker = WorkerProcess(env, log, command, faults=faults)
         self.started.append(worker)
         return worker.start()
 
@@ -268,27 +281,35 @@ def ticks(
 class _Record(NamedTuple):
     timestamp: int
     offset: int
+    customer: str
 
 
 def reordered(lines: Sequence[bytes], settings: Settings) -> str | None:
     """Where the worker would not take ``lines`` (valid events of one partition) in file order.
 
-    A worker merges a partition's topics by record timestamp (``occurred_at``), ties
-    in topic order (:class:`~app.worker.alignment.Aligner`); replay reads the file as
-    it is. None when the two orders agree; else which line would come first.
+    A worker merges a partition's topics by event time (``occurred_at``), ties in topic
+    order (:class:`~app.worker.alignment.Aligner`); replay reads the file as it is, events
+    of one time in that topic order. None when the two orders agree; else which line would
+    come first.
     """
-    aligner: Aligner[_Record] = Aligner([*settings.input_topics, settings.topic_repartition])
+    aligner: Aligner[_Record] = Aligner(
+        [*settings.input_topics, settings.topic_repartition], voter=attrgetter("customer")
+    )
     for index, line in enumerate(lines):
         fields = orjson.loads(line)
         ts = event_time_ms(line)
         assert ts is not None, f"line {index + 1} has no valid occurred_at"
-        aligner.add(topic_for(fields["event_type"], settings), [_Record(ts, index)], now=0.0)
+        record = _Record(ts, index, fields["customer_id"])
+        aligner.add(topic_for(fields["event_type"], settings), [record], now=0.0)
     order = [record.offset for record in aligner.release(lambda topic: True, now=0.0)]
-    for position, index in enumerate(order):
-        if index != position:
+    events = [decode_event(line) for line in lines]
+    _, as_replayed = in_tie_order(cast(list[Event], events), list(range(len(lines))))
+    for position, (index, replayed) in enumerate(zip(order, as_replayed, strict=True)):
+        if index != replayed:
             return (
-                f"line {index + 1} would be processed before line {position + 1}: the worker merges the"
-                " input topics in event-time order, replay reads the file as it is"
+                f"line {index + 1} would be processed before line {replayed + 1}: the worker merges"
+                " the input topics in event-time order, replay reads the file as it is"
+                f" (position {position + 1})"
             )
     return None
 

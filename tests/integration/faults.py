@@ -1,0 +1,70 @@
+"""Faults planted in the core, for events that must make it raise: detection, the policy, trigger building.
+
+No input makes the shipped code raise while processing a valid event: that is
+what the tests are for. To show that such an event could not stop a worker
+anyway, :func:`planted` makes the core raise on events marked for it (by their
+ids), after it has changed the customer's state, as a defect would:
+
+- an event whose ``event_id`` contains ``boom-detect``: :meth:`Detector.observe`;
+- a detection of a customer whose id contains ``boom-policy``: :meth:`Policy.judge`;
+- a trigger anchored on an event whose id contains ``boom-render``: :meth:`TriggerWriter.record`.
+
+``python tests/integration/faults.py worker`` is ``micromoments worker`` with them planted; a
+replay in a test runs with them planted too (:func:`planted` as a context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from app.detection import Detection
+from app.detector import Detector, Observation
+from app.events import Event
+from app.policy import Judgement, Policy
+from app.triggers import TriggerWriter
+from app.window import CustomerState
+
+DETECTION, POLICY, RENDERING = "boom-detect", "boom-policy", "boom-render"
+
+
+class PlantedFault(RuntimeError):
+    """What a planted fault raises."""
+
+
+@contextlib.contextmanager
+def planted() -> Iterator[None]:
+    observe, judge, record = Detector.observe, Policy.judge, TriggerWriter.record
+
+    def faulty_observe(self: Detector, state: CustomerState, event: Event, ts: int) -> Observation:
+        observation = observe(self, state, event, ts)
+        if DETECTION in event.event_id:
+            raise PlantedFault(f"detection of {event.event_id}")
+        return observation
+
+    def faulty_judge(self: Policy, detection: Detection, state: CustomerState) -> Judgement:
+        judgement = judge(self, detection, state)
+        if POLICY in detection.customer_id:
+            raise PlantedFault(f"the policy for {detection.moment}")
+        return judgement
+
+    def faulty_record(self: TriggerWriter, detection: Detection) -> tuple[bytes, bytes]:
+        if RENDERING in detection.anchor:
+            raise PlantedFault(f"the trigger anchored on {detection.anchor}")
+        return record(self, detection)
+
+    Detector.observe = faulty_observe  # type: ignore[method-assign]
+    Policy.judge = faulty_judge  # type: ignore[method-assign]
+    TriggerWriter.record = faulty_record  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Detector.observe, Policy.judge, TriggerWriter.record = observe, judge, record  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    from app import cli
+
+    with planted():
+        sys.exit(cli.main(sys.argv[1:]))
