@@ -69,7 +69,8 @@ class Batch(msgspec.Struct, gc=False):
         return [r for outcome in self.outcomes.values() for r in outcome.forgotten]
 
 
-Step = Callable[[dict[str, CustomerState]], dict[str, Outcome]]
+# A batch's work on the states given; with a list, a probe of what fails (see Pipeline._guarded).
+Step = Callable[[dict[str, CustomerState], list[Exception] | None], dict[str, Outcome]]
 
 
 class Pipeline:
@@ -170,7 +171,7 @@ class Pipeline:
         skipped: dict[str, dict[int, str]] = {}
         failed_parked: dict[str, list[tuple[Event, Status, str]]] = {}
 
-        def leave_out(stream: str, failed: EventFailed, kept: list[int] | None = None) -> None:
+        def leave_out(stream: str, failed: EventFailed, kept: Sequence[int] | None = None) -> None:
             why = describe_error(failed.error)
             if failed.parked is None:
                 skipped.setdefault(stream, {})[kept[failed.index] if kept else failed.index] = why
@@ -178,16 +179,32 @@ class Pipeline:
                 self._parked[stream] = [p for p in self._parked.get(stream, []) if p[0] is not failed.parked]
                 failed_parked.setdefault(stream, []).append((failed.parked, Status.INTERNAL_ERROR, why))
 
-        def step(states: dict[str, CustomerState]) -> dict[str, Outcome]:
+        def step(states: dict[str, CustomerState], errors: list[Exception] | None) -> dict[str, Outcome]:
+            """The batch; or, with ``errors`` (a probe), what fails in it, into ``skipped`` and ``errors``."""
             outcomes = {}
             for stream, stream_events in events.items():
                 processor, skip = self._processors[stream], skipped.get(stream, {})
-                kept = [i for i in range(len(stream_events)) if i not in skip] if skip else None
+                kept: Sequence[int] = (
+                    [i for i in range(len(stream_events)) if i not in skip]
+                    if skip
+                    else range(len(stream_events))
+                )
+                hold = (holds or {}).get(stream)
+                if errors is not None:
+                    found = processor.probe([stream_events[i] for i in kept], states, hold=hold)
+                    for index, why in found.events.items():
+                        skipped.setdefault(stream, {})[kept[index]] = why
+                    for failed in found.parked:
+                        leave_out(stream, failed)
+                    errors += [
+                        *found.errors,
+                        *(f.error for f in found.parked),
+                        *(f.error for f in found.broken),
+                    ]
+                    continue
                 try:
                     outcome = processor.process(
-                        [stream_events[i] for i in kept] if kept is not None else stream_events,
-                        states,
-                        hold=(holds or {}).get(stream),
+                        [stream_events[i] for i in kept] if skip else stream_events, states, hold=hold
                     )
                 except EventFailed as failed:
                     leave_out(stream, failed, kept)
@@ -196,6 +213,8 @@ class Pipeline:
                     outcome.statuses = _with_failures(outcome.statuses, skip)
                     outcome.failures = dict(skip)
                 outcomes[stream] = outcome
+            if errors is not None:
+                return {}
             for stream, to in (advance or {}).items():
                 if stream not in events:
                     try:
@@ -211,25 +230,29 @@ class Pipeline:
 
     async def flush(self, stream: str) -> Batch:
         """Fire every deadline still pending on ``stream``: the end of a replay's input."""
-        return await self._guarded(
-            {stream: set(self._processors[stream].deadlines)},
-            lambda states: {stream: self._processors[stream].flush(states)},
-        )
+
+        def step(states: dict[str, CustomerState], errors: list[Exception] | None) -> dict[str, Outcome]:
+            return {} if errors is not None else {stream: self._processors[stream].flush(states)}
+
+        return await self._guarded({stream: set(self._processors[stream].deadlines)}, step)
 
     async def _guarded(self, customers: dict[str, set[str]], step: Step) -> Batch:
         """``step`` over the states of ``customers`` (by stream), redone from their stored states on failure.
 
-        Each failure leaves out one more event, or one more customer's deadline, so this ends.
-        A store may have handed out the very objects a failed attempt changed (replay's):
-        every state restored is then saved again, as it was restored.
+        After a first failure, one probe of the batch finds the others (see
+        :meth:`StreamProcessor.probe`); then the batch is done again without all of them.
+        Should more fail yet, each is left out in turn, so this ends. A store may have
+        handed out the very objects a failed attempt changed (replay's): every state
+        restored is then saved again, as it was restored.
         """
         streams = list(customers)
         loaded = await self.store.load(set().union(*customers.values()))
         errors: list[Exception] = []
+        probed = False
         while True:
             states = {customer: v.state for customer, v in loaded.items()}
             try:
-                outcomes = step(states)
+                outcomes = step(states, None)
             except (EventFailed, DeadlineFailed) as failure:
                 errors.append(failure.error)
                 if isinstance(failure, DeadlineFailed):
@@ -237,14 +260,22 @@ class Pipeline:
                     if key in self._broken:
                         raise RuntimeError(f"a dropped deadline fired again: {failure}") from failure
                     self._broken[key] = describe_error(failure.error)
-                loaded = _restored(loaded)
-                self.reset(streams)
-                await self.open(streams)
+                loaded = await self._restart(streams, loaded)
+                if not probed:
+                    probed = True
+                    step({customer: v.state for customer, v in loaded.items()}, errors)
+                    loaded = await self._restart(streams, loaded)
                 continue
             if errors:
                 for stream, outcome in outcomes.items():
                     outcome.touched |= customers[stream] & loaded.keys()
             return Batch(outcomes, states, {c: v.version for c, v in loaded.items()}, errors)
+
+    async def _restart(self, streams: list[str], loaded: dict[str, Versioned]) -> dict[str, Versioned]:
+        """The states as stored, and the streams as committed: for a batch to start over."""
+        self.reset(streams)
+        await self.open(streams)
+        return _restored(loaded)
 
     async def commit(self, batch: Batch) -> None:
         """Save every changed state and each stream's checkpoint, all at once."""

@@ -57,6 +57,7 @@ from app.detector import QUIET, Detector, Observation
 from app.events import FACT_KINDS, Event, ForgetRequest, Kind
 from app.learning.labels import LabelledExample
 from app.policy import Judgement, Verdict
+from app.state.codec import decode_state, encode_state
 from app.window import CustomerState, contains_event
 
 END_OF_TIME = 2**62
@@ -151,6 +152,16 @@ class Outcome(msgspec.Struct, gc=False):
 Broken = dict[tuple[str, int], str]
 # An event too far ahead of its stream's time, with that time when it was parked (None: unknown).
 Parked = tuple[Event, int | None]
+
+
+class Probe(msgspec.Struct, gc=False):
+    """What fails in a batch (see StreamProcessor.probe)."""
+
+    # Index of an event -> why processing it failed.
+    events: dict[int, str] = msgspec.field(default_factory=dict)
+    errors: list[Exception] = msgspec.field(default_factory=list)
+    broken: list[DeadlineFailed] = msgspec.field(default_factory=list)
+    parked: list[EventFailed] = msgspec.field(default_factory=list)
 
 
 class StreamProcessor:
@@ -277,6 +288,43 @@ class StreamProcessor:
             # The event being applied: one status per event so far, so its index is their count.
             raise EventFailed(len(statuses), exc) from exc
         return outcome
+
+    def probe(
+        self, events: Sequence[Event], states: dict[str, CustomerState], *, hold: int | None = None
+    ) -> Probe:
+        """Every event of ``events`` (and deadline) whose processing fails, going on past each failure.
+
+        For a batch that failed once: rather than redo it once per failing event, the
+        caller learns them all at once, then redoes it without them. A failed event's
+        customer's state is put back as it was before it; the rest of what it did is not
+        undone (what this returns is all that matters: the caller starts the batch over).
+        """
+        self._hold = hold
+        found = Probe()
+        outcome = Outcome()
+        for i, event in enumerate(events):
+            customer = event.customer_id
+            before = states.get(customer)
+            saved = encode_state(before) if before is not None else None
+            for _ in range(PARK_LIMIT + 2):  # each failed deadline is dropped, then the event goes again
+                try:
+                    self._apply(event, states, outcome)
+                except DeadlineFailed as failed:
+                    self._broken[(failed.customer, failed.deadline)] = describe_error(failed.error)
+                    found.broken.append(failed)
+                    continue
+                except EventFailed as failed:  # a parked event it let through
+                    if failed.parked is not None:
+                        found.parked.append(failed)
+                except Exception as exc:
+                    found.events[i] = describe_error(exc)
+                    found.errors.append(exc)
+                    if saved is None:
+                        states.pop(customer, None)
+                    else:
+                        states[customer] = decode_state(saved)
+                break
+        return found
 
     def _apply(self, event: Event, states: dict[str, CustomerState], outcome: Outcome) -> Status:
         kind = event.kind

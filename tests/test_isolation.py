@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -17,7 +19,7 @@ from app.detector import Detector, Observation
 from app.events import Event
 from app.pipeline import Batch, Pipeline
 from app.policy import Judgement, Policy
-from app.processor import Status
+from app.processor import Status, StreamProcessor
 from app.replay import Problem, ReplayError, replay
 from app.state.memory import MemoryStateStore
 from app.triggers import TriggerWriter
@@ -186,3 +188,27 @@ async def test_replay_reports_an_event_that_raised_and_carries_on(tmp_path: Path
         await replay(
             [path], DEFAULTS, out=io.BytesIO(), on_problem=problems.append, strict=True, show_progress=False
         )
+
+
+@pytest.mark.usefixtures("faulty_detection")
+async def test_many_failures_in_a_batch_cost_one_probe_not_a_redo_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: Counter[str] = Counter()
+    for name in ("process", "probe"):
+        method = getattr(StreamProcessor, name)
+
+        def counted(
+            self: StreamProcessor, *args: Any, _method: Any = method, _name: str = name, **kw: Any
+        ) -> Any:
+            calls[_name] += 1
+            return _method(self, *args, **kw)
+
+        monkeypatch.setattr(StreamProcessor, name, counted)
+    mixed = list(with_poison(STREAM, every=10))
+    expected, _ = await through_pipeline(STREAM, len(STREAM), flush=False)
+    calls.clear()
+    got, batches = await through_pipeline(mixed, len(mixed), flush=False)
+    assert got == expected
+    assert statuses(batches).count(Status.INTERNAL_ERROR) == 30
+    assert calls == {"process": 2, "probe": 1}

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from faults import DETECTION, POLICY, RENDERING, planted
 from harness import (
+    PARTITIONS,
     Replayed,
     WorkerProcess,
     Workers,
@@ -177,9 +178,9 @@ def with_slow_topic(lines: list[bytes], rng: random.Random, count: int, size: in
     return _interleave(lines, added)
 
 
-def with_ticks(lines: list[bytes]) -> list[bytes]:
+def with_ticks(lines: list[bytes], partitions: int = PARTITIONS) -> list[bytes]:
     """``lines`` and, a day after their end, ticks that pass every deadline (see harness.ticks)."""
-    return lines + ticks(lines, after=timedelta(days=1))
+    return lines + ticks(lines, of=partitions, after=timedelta(days=1))
 
 
 def _interleave(lines: list[bytes], after: dict[int, list[bytes]]) -> list[bytes]:
@@ -324,6 +325,7 @@ def chaos_run(
     faults_planted: bool = False,
     seed: int = 1,
     env: dict[str, str] | None = None,
+    partitions: int = PARTITIONS,
     within: float = 300.0,
 ) -> Report:
     """Produce ``lines`` (and ticks), run workers with ``fault`` injected, compare with replay.
@@ -333,7 +335,7 @@ def chaos_run(
     """
     rng = random.Random(seed)
     started = time.monotonic()
-    lines = with_ticks(lines)
+    lines = with_ticks(lines, partitions)
     source = write_jsonl(directory / f"{name}.jsonl", lines)
     if faults_planted:
         with planted():
@@ -341,7 +343,7 @@ def chaos_run(
     else:
         expected = replay(source, directory)
     dead = Counter(p["reason"] for p in expected.problems)
-    settings_env = isolated_env(broker, redis, name, **(env or {}))
+    settings_env = isolated_env(broker, redis, name, MM_PARTITIONS=str(partitions), **(env or {}))
     settings = settings_of(settings_env)
     run(create_topics(settings))
     run(produce(settings, lines))
