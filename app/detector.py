@@ -363,8 +363,9 @@ def _record_fact(state: CustomerState, event: ConsentEvent | SuppressionEvent, t
         if known is None or ts >= known.ts:
             state.consent[event.purpose] = Consent(event.status == "granted", ts)
     elif event.action == "add":
-        # The latest addition, so that an older removal arriving late changes nothing.
+        # The latest addition and the latest removal are both kept, whatever order they
+        # arrive in: the later decides (a removal at the same instant wins).
         if state.suppressed_since is None or ts > state.suppressed_since:
             state.suppressed_since = ts
-    elif state.suppressed_since is not None and ts >= state.suppressed_since:
-        state.suppressed_since = None
+    elif state.unsuppressed_at is None or ts > state.unsuppressed_at:
+        state.unsuppressed_at = ts

@@ -32,7 +32,7 @@ import msgspec
 
 from app.detection import Detection
 from app.durations import Duration
-from app.window import CustomerState, Deferred
+from app.window import CustomerState, Deferred, suppressed
 
 Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d\Z")]
@@ -156,7 +156,9 @@ class Policy:
 
     def retention_end(self, state: CustomerState) -> int | None:
         """Event time until which the customer's consent and suppression facts are kept."""
-        latest = state.suppressed_since
+        latest = max(
+            (t for t in (state.suppressed_since, state.unsuppressed_at) if t is not None), default=None
+        )
         for consent in state.consent.values():
             if latest is None or consent.ts > latest:
                 latest = consent.ts
@@ -171,7 +173,7 @@ class Policy:
     def _refusal(self, state: CustomerState) -> str | None:
         customer = state.customer_id
         if (
-            state.suppressed_since is not None
+            suppressed(state)
             or customer in self._suppressed
             or (self._suppressed_hashes and sha256_hex(customer) in self._suppressed_hashes)
         ):

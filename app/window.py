@@ -82,8 +82,10 @@ class CustomerState(msgspec.Struct, gc=False):
     timezone: str | None = None
     # Facts about the customer rather than behaviour: kept for as long as the policy says.
     consent: dict[str, Consent] = msgspec.field(default_factory=dict)
-    # Event time the customer was put on the do-not-contact list, if they are on it.
+    # Event times of the latest addition to the do-not-contact list and of the latest
+    # removal from it: the later one decides (see suppressed()).
     suppressed_since: int | None = None
+    unsuppressed_at: int | None = None
     # Event times of the triggers published (or deferred) within the frequency-cap period.
     sent: list[int] = msgspec.field(default_factory=list)
     deferred: list[Deferred] = msgspec.field(default_factory=list)
@@ -93,7 +95,13 @@ class CustomerState(msgspec.Struct, gc=False):
 
 
 # Facts about the customer that outlive their behaviour's usefulness.
-DURABLE_FIELDS: Final = ("customer_id", "consent", "suppressed_since")
+DURABLE_FIELDS: Final = ("customer_id", "consent", "suppressed_since", "unsuppressed_at")
+
+
+def suppressed(state: CustomerState) -> bool:
+    """Whether the customer is on the do-not-contact list: added, and not removed since in event time."""
+    added, removed = state.suppressed_since, state.unsuppressed_at
+    return added is not None and (removed is None or added > removed)
 
 
 def clear(state: CustomerState) -> None:

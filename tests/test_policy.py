@@ -289,6 +289,17 @@ def test_an_older_removal_arriving_late_does_not_lift_a_newer_addition() -> None
     assert stream.suppressed == {("price_comparison", "suppressed"): 1}
 
 
+def test_an_older_addition_arriving_late_does_not_undo_a_newer_removal() -> None:
+    # Added at 10, removed at 20, then an "add" stamped 15 arrives last: the removal, later in
+    # event time, still wins, whatever the order of arrival.
+    for order in ((10, 20, 15), (15, 10, 20), (20, 15, 10)):
+        stream = Stream(configured())
+        actions = {10: "add", 20: "remove", 15: "add"}
+        stream.send(*(ev("suppression", f"{t}m", action=actions[t]) for t in order))
+        stream.send(fire("price_comparison", "30m"))
+        assert stream.moments() == ["price_comparison"], order
+
+
 def test_do_not_contact_comes_before_consent() -> None:
     policy = Policy(configured(consent="required", suppressed_customers=["c1"]).policy)
     assert policy.judge(detection("local_intent", 0), CustomerState(customer_id="c1")) == SUPPRESSED
