@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 import socket
-import tempfile
 from collections.abc import Mapping
 from functools import partial
 
@@ -28,6 +27,7 @@ from app.state.model_store import ModelStore
 from app.state.redis import RedisStateStore
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
+from app.worker.datadir import process_datadir
 from app.worker.faust_batch import BatchApp
 from app.worker.http import Check, OpsServer, listen
 from app.worker.instruments import PING_TIMEOUT_S, MeteredStore, readiness, watch_consumer
@@ -64,7 +64,7 @@ def build_app(
         table_standby_replicas=1,
         store="memory://",
         web_enabled=False,
-        datadir=tempfile.mkdtemp(prefix="micromoments-faust-"),
+        datadir=str(process_datadir()),
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         idempotence=settings.kafka_idempotence,
     )

@@ -22,6 +22,7 @@ uninterrupted worker publishes), so that they test recovery, not that equivalenc
 from __future__ import annotations
 
 import itertools
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from app.decoding import MAX_EVENT_BYTES
 from app.embedded import EmbeddedBroker, EmbeddedRedis
 from app.traffic import TrafficGenerator
 from app.triggers import CONTENT_TYPE
+from app.worker.datadir import ROOT_NAME
 
 DEMO = ROOT / "fixtures" / "demo" / "day.jsonl"
 # The detection scenarios, with the engagement policy set aside as their goldens are.
@@ -414,16 +416,20 @@ def test_restart_loses_no_trigger(
             broker.bootstrap, settings.topic_triggers, len(expected.triggers) // 8, workers, TIMEOUT
         )
     )
+    datadir = Path(tempfile.gettempdir()) / ROOT_NAME / str(first.process.pid)
+    assert datadir.is_dir(), "each worker has a data directory of its own"
     if stop == "sigkill":
         first.kill()
     else:
         assert first.terminate() == 0, "a graceful stop exits 0"
+        assert not datadir.exists(), "a worker that stops removes its data directory"
     left = run(backlog(settings))
     assert left, "the first worker had consumed everything before it was stopped: nothing was tested"
     before = len(run(read_topic(broker.bootstrap, settings.topic_triggers)))
 
     workers.start(env)
     run(wait_consumed(settings, workers))
+    assert not datadir.exists(), "the next worker to start removes a killed worker's data directory"
     records = run(read_topic(broker.bootstrap, settings.topic_triggers))
 
     copies: dict[str, set[bytes]] = defaultdict(set)
