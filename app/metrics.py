@@ -325,8 +325,9 @@ class WorkerMetrics:
         )
         self.model_snapshots = Counter(
             name("model_snapshots_total"),
-            "Model snapshots stored by this worker's learner, by result: stored, or conflict (another"
-            " learner had moved the model on; this one reloads).",
+            "Model snapshots stored by this worker's learner, by result: stored, conflict (another"
+            " learner had moved the model on; this one reloads), or taken_over (the stored one could"
+            " not be used here, after a key rotation or a River upgrade: learnt afresh, one version up).",
             ["result"],
             registry=reg,
         )
@@ -426,7 +427,7 @@ class WorkerMetrics:
             self.held_out.labels(moment)
             for label in ("positive", "negative"):
                 self.training_examples.labels(moment, label)
-        for result in ("stored", "conflict"):
+        for result in ("stored", "conflict", "taken_over"):
             self.model_snapshots.labels(result)
         for result in ("completed", "abandoned"):
             self.batches.labels(result)

@@ -8,6 +8,7 @@ the records are handed over directly. Also: what ``micromoments learner`` refuse
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ from app.learning.config import LearningConfig
 from app.learning.features import dense
 from app.learning.labels import LabelledExample, example_id
 from app.learning.models import Models
+from app.metrics import WorkerMetrics
 from app.settings import Settings
-from app.state.model_store import ModelStore
+from app.state.model_store import Learnt, ModelStore
 from app.worker.learning import SEGMENTS, Learner, Refresher, training_records
 
 KEY = b"test-signing-key-of-at-least-32-bytes"
@@ -50,11 +52,11 @@ async def learn(who: Learner, batch: list[tuple[bytes, bytes]], first_offset: in
         await who._learn_record(0, offset, key, value)
 
 
-async def stored_examples(client: aioredis.Redis, name: str = MOMENT) -> tuple[int, int]:
-    loaded = await ModelStore(client, KEY, prefix="t").load(name)
+async def stored_examples(client: aioredis.Redis, name: str = MOMENT, key: bytes = KEY) -> tuple[int, int]:
+    loaded = await ModelStore(client, key, prefix="t").load(name)
     assert loaded is not None
-    learnt, version = loaded
-    return learnt.model.examples_seen, version
+    assert loaded.learnt is not None
+    return loaded.learnt.model.examples_seen, loaded.version
 
 
 async def test_records_read_again_after_a_crash_are_skipped(redis_client: aioredis.Redis) -> None:
@@ -170,3 +172,54 @@ def test_the_learner_command_refuses_to_run_without_what_it_needs(
         monkeypatch.setenv(name, value)
     assert cli.main(["learner"]) == 2
     assert message in capsys.readouterr().err
+
+
+ROTATED = b"a-new-signing-key-also-at-least-32-bytes"
+
+
+async def test_after_a_key_rotation_the_learner_takes_the_model_over_and_learning_goes_on(
+    redis_client: aioredis.Redis,
+) -> None:
+    old = learner(redis_client)
+    await learn(old, records(examples(10)))
+    await old.snapshot()
+    await learn(old, records(examples(5, start=10)), first_offset=10)
+    await old.snapshot()
+    assert await stored_examples(redis_client) == (15, 2)
+
+    metrics = WorkerMetrics(runtime=False)
+    new = Learner(Settings(), LearningConfig(), ModelStore(redis_client, ROTATED, prefix="t"), metrics)
+    await learn(new, records(examples(4, start=15)), first_offset=15)
+    await new.snapshot()
+    # Afresh (4 examples, not 19), one version up, signed with the new key.
+    assert await stored_examples(redis_client, key=ROTATED) == (4, 3)
+    assert metrics.model_snapshots.labels("taken_over")._value.get() == 1
+    assert metrics.model_snapshots.labels("conflict")._value.get() == 0
+    # And on from there, like any other version.
+    await learn(new, records(examples(3, start=19)), first_offset=19)
+    await new.snapshot()
+    assert await stored_examples(redis_client, key=ROTATED) == (7, 4)
+    refresher = Refresher(Models(LearningConfig()), ModelStore(redis_client, ROTATED, prefix="t"), every=1.0)
+    await refresher.refresh()
+    assert refresher.versions[MOMENT] == 4
+
+
+class GoneInThisRiver:
+    """A class a snapshot was pickled with that the running code no longer has."""
+
+
+async def test_a_snapshot_this_river_cannot_unpickle_is_taken_over(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(redis_client, KEY, prefix="t")
+    assert await store.save(MOMENT, Learnt(GoneInThisRiver(), 0, 7), 1) is None
+    monkeypatch.delattr(sys.modules[__name__], "GoneInThisRiver")
+    loaded = await store.load(MOMENT)
+    assert loaded is not None
+    assert (loaded.version, loaded.learnt) == (1, None)
+    assert "does not unpickle" in str(loaded.refused)
+
+    who = learner(redis_client)
+    await learn(who, records(examples(6)))
+    await who.snapshot()
+    assert await stored_examples(redis_client) == (6, 2)

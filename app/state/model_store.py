@@ -37,6 +37,21 @@ return -1
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What the store holds for a model: its version, and the model, or why it was refused.
+
+    A snapshot signed with another key (the key was rotated) or that this process cannot
+    unpickle (another River version) is refused, never unpickled as it is: ``learnt`` is
+    None and ``refused`` says why. Its version still counts: whoever takes the model over
+    stores the next one.
+    """
+
+    version: int
+    learnt: Learnt | None
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
 class Learnt:
     """What a snapshot holds: a model, and the training-topic position it has learnt up to.
 
@@ -68,20 +83,18 @@ class ModelStore:
         head = cast(bytes, await self.client.getrange(self.redis_key(name), 0, HEADER_BYTES - 1))
         return (version_of(head) or 0) if len(head) == HEADER_BYTES else 0
 
-    async def load(self, name: str) -> tuple[Learnt, int] | None:
-        """The learnt model and its version; None if there is none, or it does not verify (logged)."""
+    async def load(self, name: str) -> Stored | None:
+        """What is stored for model ``name``; None if nothing is. See :class:`Stored` for refusals."""
         blob = cast("bytes | None", await self.client.get(self.redis_key(name)))
         if blob is None:
             return None
         try:
             learnt, version = loads(blob, self._key, context=name.encode())
         except SnapshotError as exc:
-            log.error("refusing the stored snapshot of model %s: %s", name, exc)
-            return None
+            return Stored(version_of(blob[:HEADER_BYTES]) or 0, None, str(exc))
         if not isinstance(learnt, Learnt):
-            log.error("refusing the stored snapshot of model %s: it holds a %s", name, type(learnt).__name__)
-            return None
-        return learnt, version
+            return Stored(version, None, f"it holds a {type(learnt).__name__}")
+        return Stored(version, learnt)
 
     async def save(self, name: str, learnt: Learnt, version: int) -> int | None:
         """Store ``learnt`` as ``version``; None if done, else the version someone else stored."""

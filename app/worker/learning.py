@@ -225,10 +225,24 @@ class Learner:
             stored = await self.store.load(name)
             if stored is None:
                 held = _Held(self._fresh(name), 0, None, 0)
+            elif stored.learnt is None:
+                # Unreadable here (the key was rotated, River changed): waiting for it to become
+                # readable would stop learning for good. Take the model over, afresh, one version up.
+                log.warning(
+                    "model %s: the stored version %d cannot be used (%s); taking it over with a fresh"
+                    " model, to be stored as version %d",
+                    name,
+                    stored.version,
+                    stored.refused,
+                    stored.version + 1,
+                )
+                if self.metrics is not None:
+                    self.metrics.model_snapshots.labels("taken_over").inc()
+                held = _Held(self._fresh(name), stored.version, None, 0)
             else:
-                learnt, version = stored
+                learnt = stored.learnt
                 recent = deque(learnt.recent, maxlen=RECENT_IDS)
-                held = _Held(learnt.model, version, learnt.partition, learnt.offset, recent)
+                held = _Held(learnt.model, stored.version, learnt.partition, learnt.offset, recent)
             self._models[name] = held
             log.info("learning %s from version %d", name, held.version)
         return held
@@ -334,6 +348,8 @@ class Refresher:
         self.store = store
         self.every = every
         self.versions: dict[str, int] = {}
+        # Versions stored that this process refused (another key, another River): not read again.
+        self._refused: dict[str, int] = {}
 
     async def run(self) -> None:
         while True:
@@ -346,18 +362,25 @@ class Refresher:
 
     async def refresh(self) -> None:
         for name in self.names:
-            if await self.store.version(name) <= self.versions.get(name, 0):
+            version = await self.store.version(name)
+            if version <= max(self.versions.get(name, 0), self._refused.get(name, 0)):
                 continue
-            loaded = await self.store.load(name)
-            if loaded is None:
+            stored = await self.store.load(name)
+            if stored is None:
                 continue
-            learnt, version = loaded
+            if stored.learnt is None:
+                # Once per version: the model goes on as it was, until a learner stores one it can read.
+                log.error(
+                    "refusing the stored snapshot of model %s, version %d: %s", name, version, stored.refused
+                )
+                self._refused[name] = stored.version
+                continue
             if name == SEGMENTS:
-                self.models.segmenter = learnt.model
+                self.models.segmenter = stored.learnt.model
             else:
-                self.models.moments[name] = learnt.model
-            self.versions[name] = version
-            log.info("now scoring %s with version %d", name, version)
+                self.models.moments[name] = stored.learnt.model
+            self.versions[name] = stored.version
+            log.info("now scoring %s with version %d", name, stored.version)
 
 
 def watch_learning(metrics: WorkerMetrics, refresher: Refresher | None, learner: Learner | None) -> None:

@@ -131,8 +131,8 @@ async def stored(settings: Settings) -> Stored:
         for name in MODELS:
             loaded = await store.load(name)
             if loaded is not None:
-                learnt, version = loaded
-                out[name] = (learnt.model.examples_seen, version)
+                assert loaded.learnt is not None, loaded.refused
+                out[name] = (loaded.learnt.model.examples_seen, loaded.version)
         return out
     finally:
         await client.aclose()
