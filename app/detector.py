@@ -47,6 +47,7 @@ from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment, MomentConfig
 from app.moments.cart_abandonment import CartAbandonment
 from app.policy import DAY, Policy
+from app.privacy import pseudonym
 from app.signals import Vocabulary
 from app.window import Consent, CustomerState, Entry, Order, clear, contains_event, insert, prune
 
@@ -66,16 +67,24 @@ DUPLICATE: Final = Observation(duplicate=True)
 
 
 class Detector:
-    def __init__(self, catalogue: Catalogue, *, models: Models | None = None, learn: bool = True) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        models: Models | None = None,
+        learn: bool = True,
+        pseudonym_key: bytes = b"",
+    ) -> None:
         """``models`` score candidates (learning on): given ones, or fresh ones learning from
-        each outcome as it is known, when ``learn`` (replay); else examples are only reported."""
+        each outcome as it is known, when ``learn`` (replay); else examples are only reported.
+        ``pseudonym_key`` keys the customer's pseudonym in examples (a worker's: they leave it)."""
         self.catalogue = catalogue
         learning = catalogue.learning
         self.models = (models or Models(learning)) if learning.enabled else None
         self._learn = learn
         self._outcomes = learning.outcome_kinds()
         self._horizons = learning.horizons()
-        self._example_salt = catalogue.policy.customer_id_salt.encode()
+        self._pseudonym_key = pseudonym_key
         cfg = catalogue.moments
         every = [moment(getattr(cfg, moment.name)) for moment in MOMENT_TYPES]
         self.cart = next(m for m in every if isinstance(m, CartAbandonment))
@@ -249,7 +258,8 @@ class Detector:
                 score,
                 decided_by,
                 score >= cfg.threshold,
-                example_id(state.customer_id, candidate.moment, candidate.ts, salt=self._example_salt),
+                example_id(state.customer_id, candidate.moment, candidate.ts, salt=self._pseudonym_key),
+                pseudonym(state.customer_id, self._pseudonym_key),
             )
             state.pending, _ = add_pending(state.pending, example, limit=self.catalogue.learning.max_pending)
         if score < cfg.threshold:

@@ -63,8 +63,10 @@ class DevStack:
                 "MM_PARTITIONS": str(DEV_PARTITIONS),
                 "MM_METRICS_PORT": "0",
                 "MM_LOG_LEVEL": "warning",
-                # Models learnt here live and die with this Redis: a throwaway signing key will do.
+                # Models learnt here live and die with this Redis: a throwaway signing key will do,
+                # and so will a throwaway key to name customers with in it.
                 "MM_MODEL_KEY": os.environ.get("MM_MODEL_KEY") or secrets.token_urlsafe(32),
+                "MM_PSEUDONYM_KEY": os.environ.get("MM_PSEUDONYM_KEY") or secrets.token_urlsafe(32),
             }
             settings = load_settings({**_mm_variables(), **env})
             asyncio.run(ensure_topics(settings))

@@ -258,6 +258,12 @@ class WorkerMetrics:
             "Messages written to the dead-letter topic (acknowledged sends).",
             registry=reg,
         )
+        self.states_unreadable = Counter(
+            name("states_unreadable_total"),
+            "Stored customer states this worker could not read (written by an unknown state schema):"
+            " each customer started afresh, logged.",
+            registry=reg,
+        )
         self.deadlines_dropped = Counter(
             name("deadlines_dropped_total"),
             "Deadlines (abandoned carts, outcomes, ends of quiet hours) dropped instead of fired,"

@@ -39,7 +39,7 @@ from app.processor import (
     describe_error,
 )
 from app.state.codec import decode_state
-from app.state.store import StateStore, StateWrite, StreamSave, Versioned
+from app.state.store import Erasure, StateStore, StateWrite, StreamSave, Versioned
 from app.window import CustomerState
 
 
@@ -50,6 +50,8 @@ class Batch(msgspec.Struct, gc=False):
     versions: dict[str, int]
     # What raised while the batch was processed (each handled as its outcome says): for logs.
     errors: list[Exception] = msgspec.field(default_factory=list)
+    # Customers whose stored state could not be read (another schema): started afresh.
+    unreadable: list[str] = msgspec.field(default_factory=list)
 
     @property
     def detections(self) -> list[Detection]:
@@ -96,11 +98,19 @@ class Pipeline:
         # Per stream, the events parked as of the last commit (they are in no checkpoint: a
         # worker keeps their records uncommitted, so that whoever comes next reads them again).
         self._parked: dict[str, list[Parked]] = {}
+        # Per stream this process writes, the epoch it claimed the stream at (see StateStore.claim).
+        self._epochs: dict[str, int] = {}
 
     async def open(self, streams: Iterable[str]) -> None:
-        """Resume streams not open yet from their checkpoints in the store."""
+        """Resume streams not open yet from their checkpoints in the store.
+
+        A stream this process has not claimed yet (since it started, or the stream was
+        closed) is claimed first: from then on an earlier writer's saves are refused.
+        """
         for stream in streams:
             if stream not in self._processors:
+                if stream not in self._epochs:
+                    self._epochs[stream] = await self.store.claim(stream)
                 checkpoint = await self.store.checkpoint(stream)
                 self._processors[stream] = StreamProcessor(
                     self.detector,
@@ -112,7 +122,11 @@ class Pipeline:
                 )
 
     def reset(self, streams: Iterable[str]) -> None:
-        """Forget streams' in-memory progress since the last commit: a batch to redo."""
+        """Forget streams' in-memory progress since the last commit: a batch to redo.
+
+        Their claims stay: a writer whose saves are refused because another has claimed
+        a stream since (a zombie) must not take it back by redoing its batch.
+        """
         for stream in streams:
             self._processors.pop(stream, None)
 
@@ -121,6 +135,7 @@ class Pipeline:
         for stream in streams:
             self._processors.pop(stream, None)
             self._parked.pop(stream, None)
+            self._epochs.pop(stream, None)
 
     def processor(self, stream: str) -> StreamProcessor:
         return self._processors[stream]
@@ -269,7 +284,8 @@ class Pipeline:
             if errors:
                 for stream, outcome in outcomes.items():
                     outcome.touched |= customers[stream] & loaded.keys()
-            return Batch(outcomes, states, {c: v.version for c, v in loaded.items()}, errors)
+            unreadable = [customer for customer, v in loaded.items() if v.unreadable]
+            return Batch(outcomes, states, {c: v.version for c, v in loaded.items()}, errors, unreadable)
 
     async def _restart(self, streams: list[str], loaded: dict[str, Versioned]) -> dict[str, Versioned]:
         """The states as stored, and the streams as committed: for a batch to start over."""
@@ -281,9 +297,12 @@ class Pipeline:
         """Save every changed state and each stream's checkpoint, all at once."""
         saves = []
         written: set[str] = set()
+        versions = batch.versions
         for stream, outcome in batch.outcomes.items():
-            # Erased first; a customer who came back later in the batch is then new.
-            erased = {request.customer_id for request in outcome.forgotten}
+            # Erased first (a tombstone, one version up); a customer who came back later in
+            # the batch is then written over it.
+            erased = sorted({request.customer_id for request in outcome.forgotten})
+            erasures = [Erasure(customer, versions.get(customer, 0)) for customer in erased]
             # A customer normally lives on one stream; should two streams of one batch
             # touch the same state object, it is written once, with everything applied.
             customers = sorted(outcome.touched - written)
@@ -291,14 +310,22 @@ class Pipeline:
             writes = [
                 StateWrite(
                     batch.states[customer],
-                    0 if customer in erased else batch.versions.get(customer, 0),
+                    versions.get(customer, 0) + (customer in erased),
                     self.expires_at(batch.states[customer]),
                 )
                 for customer in customers
             ]
             clock = self._processors[stream].event_clock
             saves.append(
-                StreamSave(stream, writes, clock.time, outcome.deadlines, clock.recent, sorted(erased))
+                StreamSave(
+                    stream,
+                    writes,
+                    clock.time,
+                    outcome.deadlines,
+                    clock.recent,
+                    erasures,
+                    self._epochs.get(stream, 0),
+                )
             )
         await self.store.save(saves)
         for stream in batch.outcomes:

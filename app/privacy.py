@@ -18,7 +18,7 @@ from typing import Final
 
 import orjson
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.triggers import format_time
 
 REDACTED: Final = "c#"
@@ -39,6 +39,18 @@ def redact(customer_id: str) -> str:
     if _APP_LOG.isEnabledFor(logging.DEBUG):
         return customer_id
     return REDACTED + hashlib.sha256(customer_id.encode()).hexdigest()[:8]
+
+
+def pseudonym(customer_id: str, key: bytes) -> str:
+    """A customer's keyed pseudonym: 32 hex digits that nobody without ``key`` can link to the id.
+
+    Names what must outlive the customer (a tombstone's Redis key, training examples) or
+    be kept apart from them. With ``key`` empty (replay, tests), merely a hash.
+
+    >>> pseudonym("c-1", b"k" * 32) == pseudonym("c-1", b"k" * 32) != pseudonym("c-1", b"j" * 32)
+    True
+    """
+    return hashlib.blake2b(customer_id.encode(), key=key[:64], digest_size=16).hexdigest()
 
 
 async def request_forget(settings: Settings, customer: str, *, request_id: str | None = None) -> str:
@@ -66,7 +78,14 @@ async def erase_now(settings: Settings, customer: str) -> bool:
     """Erase ``customer`` from Redis directly; True if anything was held."""
     from app.state.redis import RedisStateStore  # the Redis client only when erasing
 
-    store = RedisStateStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    if settings.pseudonym_key is None:
+        raise SettingsError("MM_PSEUDONYM_KEY is required: the workers' Redis keys are named with it")
+    store = RedisStateStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        min_ttl_ms=settings.state_min_ttl_s * 1000,
+        pseudonym_key=settings.pseudonym_key.encode(),
+    )
     try:
         return await store.forget(customer)
     finally:

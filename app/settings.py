@@ -17,7 +17,7 @@ import msgspec
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 PREFIX = "MM_"
-SECRETS = frozenset({"kafka_sasl_password", "model_key"})
+SECRETS = frozenset({"kafka_sasl_password", "model_key", "pseudonym_key"})
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -73,12 +73,30 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replication_factor: Positive = 1
     # Create missing topics on start (dev, tests); production usually provisions them.
     create_topics: bool = True
+    # Retention (retention.ms) of the topics the worker creates that hold copies of customers'
+    # data it writes itself: the repartition topic (re-keyed events, search text and all) and
+    # the training topic (hours); the dead-letter topics (the original records, hours). What
+    # they hold ages out within this bound, a forgotten customer's included.
+    internal_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 365)] = 7 * 24
+    dead_letter_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 365)] = 14 * 24
 
     # --- Redis ----------------------------------------------------------------------------
     # redis://[:password@]host:port/db, rediss:// for TLS (certificates via query
     # parameters such as ?ssl_ca_certs=/path/ca.pem), or unix:///path/redis.sock.
     redis_url: str = "redis://localhost:6379/0"
     redis_prefix: str = "mm"
+    # Secret (at least 32 bytes) naming customers where what is kept must outlive them: Redis
+    # keys (an erased customer's tombstone) and the ids of training examples are keyed hashes
+    # of the customer id, which nobody without it can link back. Required with Redis; the same
+    # on every worker of a deployment, for its whole life (changing it orphans every state).
+    pseudonym_key: Annotated[str, msgspec.Meta(min_length=32)] | None = None
+    # A customer's state (and an erased customer's tombstone) is kept at least this long in
+    # wall-clock time, whatever event time says: an outage, or a group stopped for hours, must
+    # not drop windows, carts and deadlines that event time still needs when it resumes.
+    state_min_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=90 * 86_400)] = 86_400
+    # Seconds a Redis call may take before it fails and its batch is retried: a Redis that
+    # hangs (paused, partitioned away) must not hold a batch, or a rebalance, for ever.
+    redis_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 10.0
 
     # --- Processing -----------------------------------------------------------------------
     # Most records one fetch hands to the detector: bounds a batch's time and memory.

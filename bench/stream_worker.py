@@ -55,6 +55,7 @@ def settings_for(name: str, broker: EmbeddedBroker, redis: EmbeddedRedis) -> dic
     return {
         "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "MM_REDIS_URL": redis.url,
+        "MM_PSEUDONYM_KEY": "bench-only-pseudonym-key-of-32-characters",
         "MM_REDIS_PREFIX": name,
         "MM_KAFKA_IDEMPOTENCE": "false",
         "MM_KAFKA_SESSION_TIMEOUT": "3",

@@ -20,7 +20,7 @@ from promql import DEPLOY, ROOT
 from app import cli
 from app.settings import PREFIX, Settings, load_settings
 from app.worker.http import LIVENESS_PATH, METRICS_PATH
-from app.worker.kafka import copartitioned_topics
+from app.worker.kafka import copartitioned_topics, retention_ms
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -112,10 +112,21 @@ def created_topics() -> dict[str, int]:
     return created
 
 
+def test_the_workers_own_copies_of_customers_data_age_out_as_the_worker_would_set() -> None:
+    (script,) = services()["topics"]["command"]
+    retention = {}
+    for line in script.splitlines():
+        words = shlex.split(line.strip()) if line.strip().startswith("create ") else []
+        if len(words) > 3:
+            retention[words[1]] = int(words[3])
+    assert retention_ms(worker_settings()) == retention
+
+
 def test_topic_creation_matches_the_worker() -> None:
     settings = worker_settings()
     created = created_topics()
-    used = {getattr(settings, field) for field in Settings.__struct_fields__ if field.startswith("topic_")}
+    # Every topic a setting names (an optional one, such as the late events', may be unset).
+    used = {getattr(settings, f) for f in Settings.__struct_fields__ if f.startswith("topic_")} - {None}
     missing = used - created.keys()
     assert not missing, f"the worker uses topics nobody creates: {missing}"
     # Partition N of every input topic and of the repartition topic holds the same customers.

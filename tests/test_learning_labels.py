@@ -134,6 +134,6 @@ def test_examples_are_compact_messagepack() -> None:
     example = pending()
     blob = msgspec.msgpack.encode([example])
     assert msgspec.msgpack.decode(blob, type=list[PendingExample]) == [example]
-    assert msgspec.msgpack.encode(example).startswith(b"\x98")  # an 8-element array, not a map
+    assert msgspec.msgpack.encode(example).startswith(b"\x99")  # a 9-element array, not a map
     labelled = example.labelled(False)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(labelled), type=LabelledExample) == labelled

@@ -880,7 +880,9 @@ def test_forget_through_the_pipeline_leaves_nothing_in_the_store() -> None:
 
     forgotten, left, deadlines = asyncio.run(run())
     assert forgotten == [request]
-    assert left == {}
+    # Nothing but a tombstone: a blank state one version up, which a stale writer cannot pass.
+    assert left["c1"].state == CustomerState(customer_id="c1")
+    assert left["c1"].version == 2
     assert deadlines == {}
     # What the worker then confirms names the request and the customer.
     event = confirmation(request, source="urn:test", subject="c1")
@@ -901,7 +903,7 @@ def test_a_customer_back_in_the_same_batch_is_saved_as_new() -> None:
         return await store.load({"c1"})
 
     (stored,) = asyncio.run(run()).values()
-    assert stored.version == 1
+    assert stored.version == 3  # saved at 1, erased at 2 (a tombstone), saved again over it at 3
     assert stored.state.consent == {}
     assert [e.ts for e in stored.state.entries] == [at("4m")]
 

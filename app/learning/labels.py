@@ -77,10 +77,21 @@ class PendingExample(msgspec.Struct, array_like=True, gc=False):
     published: bool = False
     # See :func:`example_id`; 0 where unknown.
     id: int = 0
+    # The customer's keyed pseudonym (app.privacy.pseudonym): what a learner drops their
+    # examples by once they are forgotten.
+    subject: str = ""
 
     def labelled(self, label: bool) -> LabelledExample:
         return LabelledExample(
-            self.moment, self.features, label, self.score, self.decided_by, self.ts, self.published, self.id
+            self.moment,
+            self.features,
+            label,
+            self.score,
+            self.decided_by,
+            self.ts,
+            self.published,
+            self.id,
+            self.subject,
         )
 
 
@@ -97,13 +108,15 @@ class LabelledExample(msgspec.Struct, array_like=True, gc=False):
     ts: int
     published: bool = False
     id: int = 0
+    subject: str = ""
 
 
 def example_id(customer_id: str, moment: str, ts: int, *, salt: bytes = b"") -> int:
     """A candidate's identity: the same however often it is scored, so a learner can drop redeliveries.
 
     A worker that redoes a batch (after a crash, or a failed save) publishes the batch's
-    examples again, with the same ids. A keyed hash (``salt``): examples carry no customer id.
+    examples again, with the same ids. A keyed hash (``salt``: the deployment's pseudonym
+    key): examples carry no customer id, and nobody without the key can tell whose they are.
 
     >>> example_id("c-1", "frustration", 5) == example_id("c-1", "frustration", 5)
     True

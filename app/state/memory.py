@@ -29,13 +29,15 @@ from app.window import CustomerState
 class MemoryStateStore:
     def __init__(self, *, shared: int = 0) -> None:
         self.shared = shared
-        # customer -> (state, serialised or the object itself; version; expires_at)
+        # customer -> (state: serialised, the object itself, or b"" for a tombstone; version;
+        # expires_at)
         self._blobs: dict[str, tuple[bytes | CustomerState, int, int]] = {}
         # The customers whose state is kept as an object, least recently saved first.
         self._objects: OrderedDict[str, None] = OrderedDict()
         self._expiry: list[tuple[int, str]] = []
         self._clocks: dict[str, tuple[int | None, list[tuple[int, int]]]] = {}
         self._deadlines: dict[str, dict[str, int]] = {}
+        self._epochs: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -44,30 +46,49 @@ class MemoryStateStore:
         found = {}
         for customer in customers:
             stored = self._blobs.get(customer)
-            if stored is not None:
-                state = stored[0]
-                if isinstance(state, CustomerState):
-                    # Handed out as it is; its serialised form is what a redone batch restarts from.
-                    found[customer] = Versioned(state, stored[1], encode_state(state))
-                else:
-                    found[customer] = Versioned(decode_state(state), stored[1], state)
+            if stored is None:
+                continue
+            state, version = stored[0], stored[1]
+            if isinstance(state, CustomerState):
+                # Handed out as it is; its serialised form is what a redone batch restarts from.
+                found[customer] = Versioned(state, version, encode_state(state))
+            elif not state:  # a tombstone
+                blank = CustomerState(customer_id=customer)
+                found[customer] = Versioned(blank, version, encode_state(blank))
+            else:
+                found[customer] = Versioned(decode_state(state), version, state)
         return found
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
-        writes = [write for save in saves for write in save.writes]
-        erased = {customer for save in saves for customer in save.erase}
         blobs = self._blobs
+        versions: dict[str, int] = {}
+
+        def version(customer: str) -> int:
+            if customer not in versions:
+                stored = blobs.get(customer)
+                versions[customer] = 0 if stored is None else stored[1]
+            return versions[customer]
+
         conflicts = []
+        for save in saves:
+            for erasure in save.erase:
+                if version(erasure.customer) != erasure.expected_version:
+                    conflicts.append(erasure.customer)
+                versions[erasure.customer] = erasure.expected_version + 1
+        writes = [write for save in saves for write in save.writes]
         for write in writes:
-            customer = write.state.customer_id
-            stored = None if customer in erased else blobs.get(customer)
-            if (0 if stored is None else stored[1]) != write.expected_version:
-                conflicts.append(customer)
-        if conflicts:
-            raise ConflictError(conflicts)
-        for customer in erased:
-            blobs.pop(customer, None)
+            if version(write.state.customer_id) != write.expected_version:
+                conflicts.append(write.state.customer_id)
+        fenced = [s.stream for s in saves if s.epoch and self._epochs.get(s.stream, 0) != s.epoch]
+        if conflicts or fenced:
+            raise ConflictError(conflicts, fenced)
         expiry, objects = self._expiry, self._objects
+        for save in saves:
+            for erasure in save.erase:
+                # A tombstone, for as long as event time has not moved on.
+                blobs[erasure.customer] = (b"", erasure.expected_version + 1, save.clock or 0)
+                heapq.heappush(expiry, (save.clock or 0, erasure.customer))
+                objects.pop(erasure.customer, None)
         for write in writes:
             customer = write.state.customer_id
             state: bytes | CustomerState = write.state
@@ -100,6 +121,10 @@ class MemoryStateStore:
         if clocks:
             self._expire(max(clocks))
 
+    async def claim(self, stream: str) -> int:
+        self._epochs[stream] = self._epochs.get(stream, 0) + 1
+        return self._epochs[stream]
+
     async def checkpoint(self, stream: str) -> Checkpoint:
         clock, recent = self._clocks.get(stream, (None, []))
         return Checkpoint(clock, dict(self._deadlines.get(stream, {})), recent)
@@ -108,7 +133,10 @@ class MemoryStateStore:
         return {stream: clock for stream, (clock, _) in self._clocks.items() if clock is not None}
 
     async def forget(self, customer: str) -> bool:
-        found = self._blobs.pop(customer, None) is not None
+        stored = self._blobs.get(customer)
+        found = stored is not None and stored[0] != b""
+        self._blobs[customer] = (b"", (stored[1] if stored else 0) + 1, stored[2] if stored else 0)
+        self._objects.pop(customer, None)
         for pending in self._deadlines.values():
             found = pending.pop(customer, None) is not None or found
         return found

@@ -4,9 +4,17 @@ Two kinds of data, both written only after a batch's triggers are safely out:
 
 - per customer: the window state, versioned, so a write from a worker that has
   lost the customer (a zombie after a rebalance) is refused instead of
-  silently overwriting the new owner's work;
+  silently overwriting the new owner's work. Versions only grow: erasing a
+  customer (the right to be forgotten) leaves a *tombstone*, no data but the
+  next version, so a write loaded before the erasure is refused too;
 - per stream (a replay, or one Kafka partition): the event-time clock and the
-  pending absence deadlines, so they survive restarts and rebalances.
+  pending absence deadlines, so they survive restarts and rebalances. A worker
+  *claims* a stream when it starts on it, which moves the stream's epoch on;
+  its saves carry that epoch, and a save from an earlier owner (a zombie) is
+  refused, states and checkpoint alike.
+
+A save is all or nothing: any version or epoch that differs refuses the whole of
+it (:class:`ConflictError`), and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ class Versioned(msgspec.Struct, frozen=True, gc=False):
     # The state as stored (``app.state.codec``), untouched by whatever is done to ``state``:
     # a batch that must be redone without one of its events starts again from it.
     stored: bytes = b""
+    # The stored bytes could not be read (see app.state.codec.UnreadableState): ``state`` is a
+    # fresh one, which a save replaces them with.
+    unreadable: bool = False
 
 
 class StateWrite(msgspec.Struct, frozen=True, gc=False):
@@ -33,6 +44,13 @@ class StateWrite(msgspec.Struct, frozen=True, gc=False):
     expected_version: int
     # Event time (ms) after which the state is of no further use.
     expires_at: int
+
+
+class Erasure(msgspec.Struct, frozen=True, gc=False):
+    """A customer to erase: left as a tombstone at ``expected_version`` + 1."""
+
+    customer: str
+    expected_version: int
 
 
 class StreamSave(msgspec.Struct, frozen=True, gc=False):
@@ -45,8 +63,10 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     deadlines: Mapping[str, int | None]
     # The clock's latest voters, (tag, latest time) each (see app.clock).
     recent: Sequence[tuple[int, int]] = ()
-    # Customers to erase (deleted before the writes, which then expect version 0).
-    erase: Sequence[str] = ()
+    # Customers to erase, before the writes (a write of one of them expects the tombstone's version).
+    erase: Sequence[Erasure] = ()
+    # The epoch the stream was claimed at (see StateStore.claim); 0: unclaimed, not checked.
+    epoch: int = 0
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
@@ -56,23 +76,31 @@ class Checkpoint(msgspec.Struct, frozen=True, gc=False):
 
 
 class ConflictError(RuntimeError):
-    """Someone else wrote a customer's state since it was loaded."""
+    """Someone else wrote a customer's state, or claimed a stream, since it was loaded."""
 
-    def __init__(self, customers: Collection[str]) -> None:
-        super().__init__(f"state of {len(customers)} customer(s) changed since it was loaded")
+    def __init__(self, customers: Collection[str], streams: Collection[str] = ()) -> None:
+        super().__init__(
+            f"state of {len(customers)} customer(s) changed, and {len(streams)} stream(s) claimed by"
+            " another worker, since loaded"
+        )
         self.customers = set(customers)
+        self.streams = set(streams)
 
 
 class StateStore(Protocol):
     async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
-        """The stored states of ``customers``; unknown or expired customers are absent."""
+        """The stored states of ``customers``: unknown and expired ones are absent; an erased one
+        comes back blank, at its tombstone's version."""
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
         """Erase, then write states and streams' checkpoint changes, all or nothing.
 
-        Raises :class:`ConflictError`, writing nothing, if any state's stored
-        version (after the erasures) differs from its ``expected_version``.
+        Raises :class:`ConflictError`, writing nothing, if any state's stored version (or
+        erasure's) differs from the one expected, or any stream's epoch from its save's.
         """
+
+    async def claim(self, stream: str) -> int:
+        """Make this process the stream's writer: its new epoch, which refuses earlier claims' saves."""
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         """The stream's clock and pending deadlines (empty for a new stream)."""
@@ -81,6 +109,6 @@ class StateStore(Protocol):
         """Every stream's clock as last saved (streams without one yet are absent)."""
 
     async def forget(self, customer: str) -> bool:
-        """Erase everything held about ``customer``; True if there was anything."""
+        """Erase everything held about ``customer`` (a tombstone stays); True if there was anything."""
 
     async def close(self) -> None: ...

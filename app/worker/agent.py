@@ -31,12 +31,13 @@ in :mod:`app.metrics`, a few increments per batch (:mod:`app.worker.instruments`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, Final, cast
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from aiokafka import ConsumerRecord
@@ -50,7 +51,7 @@ from app.decoding import Rejection, decode_event
 from app.events import Event
 from app.metrics import WorkerMetrics, retry_cause
 from app.pipeline import Batch, Pipeline
-from app.privacy import redact
+from app.privacy import pseudonym, redact
 from app.processor import Outcome, Record, Status, describe_error
 from app.settings import Settings
 from app.state.store import ConflictError
@@ -58,9 +59,10 @@ from app.triggers import CONTENT_TYPE, TriggerWriter, encode, format_time
 from app.worker.alignment import Aligner
 from app.worker.faust_batch import BatchApp, BatchConsumer, RecordBatch
 from app.worker.instruments import FetchTimes, account_completed, account_routed
-from app.worker.learning import training_records
+from app.worker.learning import FORGET_HEADER, SEGMENTS, forget_records, training_records
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRIGGER_HEADERS: Final = [("content-type", CONTENT_TYPE.encode())]
 RETRYABLE: Final = (KafkaError, ProducerSendError, RedisError, OSError)
@@ -149,6 +151,10 @@ class DetectorAgent:
             topic: i for i, topic in enumerate([*settings.input_topics, settings.topic_repartition])
         }
         self._busy = asyncio.Lock()
+        # Partitions being revoked, and a signal for the batch in hand to give them up (see
+        # _unless_revoked): the revocation handler waits for it.
+        self._revoked: set[TP] = set()
+        self._revoking = asyncio.Event()
         # Partition -> records waiting for their turn in event-time order.
         self._aligners: dict[int, Aligner[Arrival]] = {}
         # Time of the latest event fetched per topic-partition (see Arrival).
@@ -177,6 +183,7 @@ class DetectorAgent:
         app.batch_agent(list(self._order), self)
         # Faust's signal types do not admit a receiver's own parameters; it sends (revoked,).
         app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
+        app.on_partitions_assigned.connect(cast(Any, self._on_partitions_assigned))
 
     async def __call__(self, fetch: RecordBatch) -> None:
         async with self._busy:
@@ -225,19 +232,19 @@ class DetectorAgent:
         delay = FIRST_RETRY_S
         while True:
             try:
-                batch, acknowledged = await self._process(routed, quiet, holds)
+                done = await self._unless_revoked(self._process(routed, quiet, holds), in_hand)
+                if done is None:
+                    return
+                batch, acknowledged = done
                 break
             except (ConflictError, *RETRYABLE) as exc:
                 # Nothing of the batch was saved: reload the streams and redo it.
                 self.metrics.batch_retries.labels(retry_cause(exc)).inc()
                 log.warning("batch failed, redoing it in %.1f s: %r", delay, exc)
                 self.pipeline.reset([*routed.events, *quiet])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LAST_RETRY_S)
-                if not in_hand <= self._consumer.assignment():
-                    self.metrics.batches.labels("abandoned").inc()
-                    log.info("partitions revoked while retrying; their new owner takes the batch over")
+                if not await self._unless_revoked(_slept(delay), in_hand, waiting=True):
                     return
+                delay = min(delay * 2, LAST_RETRY_S)
         self._keep_parked(routed, batch)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
         offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
@@ -246,6 +253,39 @@ class DetectorAgent:
             self.metrics.offset_commits.labels("ok" if committed else "failed").inc()
             if committed:
                 self._committed.update(offsets)
+
+    async def _unless_revoked(
+        self, work: Coroutine[Any, Any, T], in_hand: set[TP], *, waiting: bool = False
+    ) -> T | None:
+        """``work``'s result; or None, ``work`` cancelled, if partitions in hand are revoked meanwhile.
+
+        A batch holds the lock the revocation handler waits for: were it left to finish (or to
+        retry while Redis is away), the group could not rebalance until it did. Its records are
+        uncommitted, so the new owner reads them again; a save already under way when it is
+        cancelled is refused by the new owner's claim on the stream, or is the state of records
+        the new owner then finds already applied.
+        """
+        task = asyncio.ensure_future(work)
+        revoking = asyncio.ensure_future(self._revoking.wait())
+        try:
+            while True:
+                if in_hand & self._revoked or not in_hand <= self._consumer.assignment():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    self.metrics.batches.labels("abandoned").inc()
+                    log.info(
+                        "partitions revoked while %s; their new owner takes the batch over",
+                        "retrying" if waiting else "processing",
+                    )
+                    return None
+                done, _ = await asyncio.wait({task, revoking}, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    return task.result()
+                revoking = asyncio.ensure_future(self._revoking.wait())
+                await asyncio.sleep(0)
+        finally:
+            revoking.cancel()
 
     def _aligner(self, partition: int) -> Aligner[Arrival]:
         aligner = self._aligners.get(partition)
@@ -439,22 +479,35 @@ class DetectorAgent:
         for key, value in records:
             yield producer.send(topic, key, value, None, None, TRIGGER_HEADERS)
 
-    @staticmethod
-    def _log_failures(batch: Batch) -> None:
-        """What raised while the batch ran (the events skipped, the deadlines dropped), with tracebacks."""
+    def _log_failures(self, batch: Batch) -> None:
+        """What raised while the batch ran (the events skipped, the deadlines dropped), with tracebacks,
+        and the states that could not be read."""
         for error in batch.errors[:LOGGED_FAILURES]:
             log.error("skipped after a failure: %s", describe_error(error), exc_info=error)
         if len(batch.errors) > LOGGED_FAILURES:
             log.error("... and %d more failures in this batch", len(batch.errors) - LOGGED_FAILURES)
+        for customer in batch.unreadable:
+            log.error(
+                "customer %s: the stored state is of no schema this worker reads; started afresh",
+                redact(customer),
+            )
+        if batch.unreadable:
+            self.metrics.states_unreadable.inc(len(batch.unreadable))
 
     def _training(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
-        """Labelled examples for the learners (only when this deployment learns)."""
+        """Labelled examples for the learners, and tombstones of forgotten customers (when learning)."""
         models = self.pipeline.detector.models
         if models is None:
             return
         producer, topic = self.app.producer, self.settings.topic_training
         for key, value in training_records(batch.examples, segments=models.segmenter is not None):
             yield producer.send(topic, key, value, None, None, None)
+        if batch.forgotten:
+            key = self.settings.pseudonym_key.encode() if self.settings.pseudonym_key else b""
+            subjects = [pseudonym(request.customer_id, key) for request in batch.forgotten]
+            names = [*models.moments, *([SEGMENTS] if models.segmenter is not None else [])]
+            for name, subject in forget_records(subjects, names):
+                yield producer.send(topic, name, subject, None, None, [FORGET_HEADER])
 
     def _confirmations(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
         producer, topic, subject = self.app.producer, self.settings.topic_confirmations, self.writer.subject
@@ -508,10 +561,17 @@ class DetectorAgent:
         assert isinstance(consumer, BatchConsumer)
         return consumer
 
+    async def _on_partitions_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        partitions = sorted({tp.partition for tp in assigned if tp.topic in self._order})
+        log.info("assigned partitions %s of the input topics", partitions)
+
     async def _on_partitions_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
-        # Wait for the batch in hand: it commits its own offsets, and nothing of a
-        # revoked partition may be written after its new owner starts. Records still
-        # waiting are dropped uncommitted: whoever owns the partition next reads them again.
+        # The batch in hand gives up revoked partitions at once (see _unless_revoked); one that
+        # holds none goes on and commits its own offsets. Records still waiting are dropped
+        # uncommitted: whoever owns the partition next reads them again.
+        self._revoked |= {TP(tp.topic, tp.partition) for tp in revoked}
+        self._revoking.set()
+        self._revoking.clear()
         async with self._busy:
             partitions = {tp.partition for tp in revoked}
             for partition in partitions:
@@ -529,6 +589,7 @@ class DetectorAgent:
             # The consumer forgets pauses of revoked partitions itself.
             self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}
             self.pipeline.close({stream_of(p) for p in partitions})
+            self._revoked -= {TP(tp.topic, tp.partition) for tp in revoked}
 
 
 _AHEAD: Final = "occurred_at is too far ahead of the stream's time, which did not come to it"
@@ -536,6 +597,11 @@ _LATE: Final = (
     "occurred_at is more than the allowed lateness behind its customer's latest event"
     " (or, for a customer with nothing held, the stream's time)"
 )
+
+
+async def _slept(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return True
 
 
 def _seconds(record: ConsumerRecord) -> float | None:

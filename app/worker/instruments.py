@@ -185,6 +185,10 @@ class MeteredStore:
         result: Checkpoint = await self._timed("checkpoint", self.inner.checkpoint(stream))
         return result
 
+    async def claim(self, stream: str) -> int:
+        result: int = await self._timed("checkpoint", self.inner.claim(stream))
+        return result
+
     async def clocks(self) -> dict[str, int]:
         result: dict[str, int] = await self._timed("checkpoint", self.inner.clocks())
         return result

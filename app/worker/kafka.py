@@ -87,6 +87,20 @@ def worker_topics(settings: Settings) -> list[str]:
     return list(dict.fromkeys(topics))
 
 
+def retention_ms(settings: Settings) -> dict[str, int]:
+    """Topic -> retention.ms, for the topics whose retention the worker sets: its own copies of data."""
+    internal, dead = (
+        settings.internal_retention_hours * 3_600_000,
+        settings.dead_letter_retention_hours * 3_600_000,
+    )
+    return {
+        settings.topic_repartition: internal,
+        settings.topic_training: internal,
+        settings.topic_dlq: dead,
+        settings.late_topic: dead,
+    }
+
+
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create missing topics (if allowed) and check the layout; returns partitions per topic."""
     admin = AIOKafkaAdminClient(**client_options(settings))
@@ -96,8 +110,17 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         if settings.create_topics:
             # Create before describing: some brokers create a topic with default settings
             # when its metadata is first asked for.
+            retention = retention_ms(settings)
             response = await admin.create_topics(
-                [NewTopic(t, settings.partitions, settings.replication_factor) for t in topics]
+                [
+                    NewTopic(
+                        t,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs={"retention.ms": str(retention[t])} if t in retention else None,
+                    )
+                    for t in topics
+                ]
             )
             for topic, code, message in response.topic_errors:
                 if code == 0:

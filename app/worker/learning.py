@@ -49,6 +49,8 @@ from app.worker.kafka import client_options
 log = logging.getLogger(__name__)
 
 SEGMENTS: Final = "segments"
+# The header of a training record that is a tombstone: its value is a forgotten customer's pseudonym.
+FORGET_HEADER: Final = ("mm.kind", b"forget")
 # Ids of the last examples learnt, kept per model to skip a redone batch's copies: a
 # worker redoes at most a few batches of examples, far fewer than this.
 RECENT_IDS: Final = 8192
@@ -65,14 +67,28 @@ _decoder = msgspec.msgpack.Decoder(LabelledExample)
 
 
 def training_records(examples: Iterable[LabelledExample], segments: bool) -> list[tuple[bytes, bytes]]:
-    """(key, value) records for the training topic: each example for its moment, and for segments."""
+    """(key, value) records for the training topic: each example for its moment, and for segments.
+
+    Without the candidate's time, which learners do not need: an example names its customer
+    by a keyed pseudonym only, and an exact timestamp is as good as a name to whoever knows
+    when the customer was active.
+    """
     records = []
     for example in examples:
-        value = _encoder.encode(example)
+        value = _encoder.encode(msgspec.structs.replace(example, ts=0))
         records.append((example.moment.encode(), value))
         if segments:
             records.append((SEGMENTS.encode(), value))
     return records
+
+
+def forget_records(subjects: Iterable[str], models: Iterable[str]) -> list[tuple[bytes, bytes]]:
+    """Tombstones for the training topic: one per model (so on each model's partition) per subject.
+
+    A learner drops the examples of a subject it has a tombstone of; they carry
+    :data:`FORGET_HEADER`.
+    """
+    return [(model.encode(), subject.encode()) for subject in subjects for model in models]
 
 
 @dataclass
@@ -114,6 +130,8 @@ class Learner:
         self.metrics = metrics
         self._models: dict[str, _Held] = {}
         self._offsets: dict[TopicPartition, int] = {}
+        # Pseudonyms of customers forgotten (training tombstones seen): their examples are skipped.
+        self._forgotten: set[str] = set()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
         # A fetch is learnt and snapshotted whole before partitions may be handed over.
@@ -144,7 +162,9 @@ class Learner:
                         if tp not in assigned:
                             continue  # handed over meanwhile: its new owner reads them
                         for record in records:
-                            await self._learn_record(tp.partition, record.offset, record.key, record.value)
+                            await self._learn_record(
+                                tp.partition, record.offset, record.key, record.value, record.headers
+                            )
                         self._offsets[tp] = records[-1].offset + 1
                     if self._snapshot_due():
                         await self.snapshot()
@@ -186,8 +206,17 @@ class Learner:
         )
 
     async def _learn_record(
-        self, partition: int, offset: int, key: bytes | None, value: bytes | None
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]] = (),
     ) -> None:
+        if FORGET_HEADER in headers:
+            # A forgotten customer: whatever of theirs comes after is not learnt.
+            self._forgotten.add((value or b"").decode())
+            return
         try:
             example = _decoder.decode(value or b"")
         except msgspec.DecodeError as exc:
@@ -200,6 +229,8 @@ class Learner:
             return  # learnt already: stored, but the offsets not committed before a crash
         if example.id and held.seen(example.id):
             return  # published again by a worker that redid its batch
+        if example.subject and example.subject in self._forgotten:
+            return  # its customer was forgotten since
         self._learn(name, held.model, example)
         held.learnt(example.id, partition, offset)
         self._since_snapshot += 1

@@ -70,7 +70,8 @@ def build_app(
     )
     metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
     # Scorers only: each model is learnt by one learner (app.worker.learning).
-    detector = Detector(catalogue, learn=False)
+    key = settings.pseudonym_key.encode() if settings.pseudonym_key else b""
+    detector = Detector(catalogue, learn=False, pseudonym_key=key)
     agent = DetectorAgent(
         app, settings, Pipeline(detector, store), source=catalogue.trigger.source, metrics=metrics
     )
@@ -141,7 +142,21 @@ def open_store(settings: Settings) -> StateStore:
     if settings.redis_url == "memory://":
         log.warning("state is in memory (MM_REDIS_URL=memory://): it is lost when the worker stops")
         return MemoryStateStore()
-    return RedisStateStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    if settings.pseudonym_key is None:
+        raise SettingsError(
+            "MM_PSEUDONYM_KEY is required with Redis: a secret of at least 32 characters, the same on"
+            " every worker, with which customers are named where their data may outlive them"
+        )
+    # A Redis that hangs (paused, partitioned) fails each call within the timeout: the batch is
+    # retried, /readyz says so, and a revocation is not kept waiting behind it.
+    return RedisStateStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        min_ttl_ms=settings.state_min_ttl_s * 1000,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        pseudonym_key=settings.pseudonym_key.encode(),
+    )
 
 
 def run_worker(settings: Settings) -> int:

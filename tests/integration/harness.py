@@ -49,6 +49,8 @@ RULES_ONLY = ROOT / "fixtures" / "rules-only.toml"
 TIMEOUT = 120.0
 
 _names = itertools.count(1)
+# Every test worker's: the tests look for what a forgotten customer may have left behind with it.
+PSEUDONYM_KEY = "test-pseudonym-key-of-at-least-32-characters"
 
 
 def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extra: str) -> dict[str, str]:
@@ -58,6 +60,7 @@ def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extr
         "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "MM_REDIS_URL": redis.url,
         "MM_REDIS_PREFIX": f"mm-{suffix}",
+        "MM_PSEUDONYM_KEY": PSEUDONYM_KEY,
         # The embedded broker has no InitProducerId, and assigns after half the session timeout.
         "MM_KAFKA_IDEMPOTENCE": "false",
         "MM_KAFKA_SESSION_TIMEOUT": "3",
@@ -162,6 +165,35 @@ class WorkerProcess:
                 self._process.wait(timeout=30)
                 raise
         return self._process.returncode
+
+    def said(self, text: str) -> bool:
+        """Whether the worker's log holds ``text`` yet."""
+        try:
+            return text in self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    def metrics(self, name: str) -> float:
+        """The sum of the samples of metric ``name`` on the worker's /metrics (its address from its log)."""
+        import re
+        import urllib.request
+
+        found = re.search(r"on http://([\d.]+:\d+)", self.log.read_text(errors="replace"))
+        assert found, f"{self.command} has not said where it serves /metrics"
+        with urllib.request.urlopen(f"http://{found.group(1)}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and line[len(name)] in " {"
+        )
+
+    def pause(self) -> None:
+        """SIGSTOP: the process hangs, its connections open (a GC pause, a VM stall)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def tail(self, lines: int = 40) -> str:
         """Warnings and errors, then the last ``lines`` lines, of the worker's log."""

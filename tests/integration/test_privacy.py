@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import pytest
 from harness import (
+    PSEUDONYM_KEY,
     TIMEOUT,
     WorkerProcess,
     Workers,
@@ -57,11 +58,13 @@ from app import cli
 from app.config import Catalogue, load_catalogue
 from app.confirmations import CONFIRMATION_TYPE
 from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.learning.config import MOMENT_NAMES
 from app.policy import Policy
-from app.privacy import request_forget
+from app.privacy import pseudonym, request_forget
 from app.state.redis import RedisStateStore
 from app.triggers import format_time
 from app.worker.agent import stream_of
+from app.worker.learning import FORGET_HEADER
 
 # Distinctive customer ids, so that finding one in a log or in Redis means what it says.
 RUN = uuid.uuid4().hex[:6]
@@ -230,7 +233,9 @@ def test_deferred_triggers_survive_a_restart(
     assert subjects(before) == {evening: 1}, "the others wait for the end of the night"
 
     # Saved with the customers: the deferred triggers, and deadlines at the end of each one's night.
-    store = RedisStateStore.from_url(redis_server.url, prefix=settings.redis_prefix)
+    store = RedisStateStore.from_url(
+        redis_server.url, prefix=settings.redis_prefix, pseudonym_key=PSEUDONYM_KEY.encode()
+    )
 
     async def saved() -> tuple[dict[str, int], dict[str, int]]:
         try:
@@ -289,6 +294,13 @@ def redacted(who: str) -> str:
     return "c#" + hashlib.sha256(who.encode()).hexdigest()[:8]
 
 
+def derivable(who: str) -> list[str]:
+    """The id, and what anyone can derive from it without a secret: its SHA-256 (the hashed ids of
+    triggers, with the default empty salt; the do-not-contact lists), and the log pseudonym."""
+    digest = hashlib.sha256(who.encode()).hexdigest()
+    return [who, digest, digest.upper(), digest[:8]]
+
+
 def test_forget_erases_the_customer_from_redis(
     broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
@@ -299,8 +311,13 @@ def test_forget_erases_the_customer_from_redis(
     direct = customer("erase-now", "local_intent", shipped)
     bystander = customer("bystander", "local_intent", shipped)
     lines = in_time_order([e for who in (forgotten, direct, bystander) for e in shopping(who, zone)])
-    # The shipped configuration (learning included), at the default log level.
-    env = isolated_env(broker, redis_server, "forget")
+    # An hour on, as others shop: the outcomes the models learn from are known (not the morning).
+    lines += ticks(lines, after=timedelta(hours=1))
+    # The shipped configuration, learning included (examples on the training topic, models in
+    # Redis), at the default log level.
+    env = isolated_env(
+        broker, redis_server, "forget", MM_MODEL_KEY="test-model-key-of-at-least-32-characters"
+    )
     env.pop("MM_MOMENTS_CONFIG", None)
     del env["MM_LOG_LEVEL"]
     settings = settings_of(env)
@@ -311,7 +328,9 @@ def test_forget_erases_the_customer_from_redis(
     run(wait_consumed(settings, workers))
 
     # Held before: the state (cart, consent, cooldown, a deferred trigger) and a deadline.
-    store = RedisStateStore.from_url(redis_server.url, prefix=settings.redis_prefix)
+    store = RedisStateStore.from_url(
+        redis_server.url, prefix=settings.redis_prefix, pseudonym_key=PSEUDONYM_KEY.encode()
+    )
 
     async def load() -> dict[str, Any]:
         try:
@@ -331,7 +350,7 @@ def test_forget_erases_the_customer_from_redis(
     for who in (forgotten, direct, bystander):
         where = run(redis_mentions(redis_server.url, who))
         stream = stream_of(partition_of(who.encode()))
-        assert f"key {prefix}:s:{{{who}}}" in where
+        assert f"string value of {prefix}:s:{{{pseudonym(who, PSEUDONYM_KEY.encode())}}}" in where
         assert f"zset value of {prefix}:deadlines:{{{stream}}}" in where
 
     event_id = run(request_forget(settings, forgotten, request_id="ticket-42"))
@@ -347,9 +366,21 @@ def test_forget_erases_the_customer_from_redis(
         confirmation["data"]["erased"]
     )
 
-    # Confirmed once erased: nothing about the customer anywhere in Redis, names or values.
-    assert run(redis_mentions(redis_server.url, forgotten)) == []
+    # Confirmed once erased: nothing about the customer anywhere in Redis (states, streams, the
+    # models' snapshots), names or values, in any form derivable from the id without the
+    # deployment's secret.
+    for form in derivable(forgotten):
+        assert run(redis_mentions(redis_server.url, form)) == [], form
     assert run(redis_mentions(redis_server.url, bystander)), "others are left alone"
+    # Nor in the training topic as the learners read it: examples name customers by their keyed
+    # pseudonym only, without times; and a tombstone per model tells the learners to drop the
+    # forgotten customer's examples.
+    training = run(read_topic(broker.bootstrap, settings.topic_training))
+    assert any(FORGET_HEADER not in r.headers for r in training), "examples were published"
+    for record in training:
+        assert not any(form.encode() in record.value for form in derivable(forgotten))
+    tombstones = {r.key.decode() for r in training if FORGET_HEADER in r.headers}
+    assert tombstones == {*MOMENT_NAMES, "segments"}
 
     # `micromoments forget --direct`: erased from Redis at once, without the worker.
     assert run(redis_mentions(redis_server.url, direct))

@@ -29,6 +29,7 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from harness import PSEUDONYM_KEY
 from promql import DEPLOY, ROOT, binary, grafana_to_promql
 
 from app.embedded import LOOPBACK, EmbeddedBroker, EmbeddedRedis, _Server, free_port
@@ -116,6 +117,7 @@ def env(broker: EmbeddedBroker, redis_server: EmbeddedRedis) -> dict[str, str]:
         "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "MM_REDIS_URL": redis_server.url,
         "MM_REDIS_PREFIX": f"mm-{suffix}",
+        "MM_PSEUDONYM_KEY": PSEUDONYM_KEY,
         "MM_KAFKA_IDEMPOTENCE": "false",
         "MM_KAFKA_SESSION_TIMEOUT": "3",
         "MM_PARTITIONS": str(PARTITIONS),

@@ -1,0 +1,129 @@
+"""Rebalances under faults: a zombie worker fenced off, and a retrying batch that lets its partitions go.
+
+Each test pre-produces a realistic backlog, then runs two workers against one group:
+
+- a worker paused (SIGSTOP) past the session timeout while another takes its partitions over,
+  then resumed: every write it then tries on those partitions is refused (the new owner's
+  claim on each stream), and counted; the triggers still equal replay's, none lost;
+- a worker whose batch keeps failing (Redis hung) while another joins: it gives its partitions
+  up at once instead of holding the rebalance until Redis is back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chaos import compare, shop, with_ticks
+from harness import (
+    TIMEOUT,
+    Workers,
+    create_topics,
+    isolated_env,
+    produce,
+    replay,
+    run,
+    settings_of,
+    wait_consumed,
+    wait_for_records,
+    write_jsonl,
+)
+
+from app.embedded import EmbeddedBroker, EmbeddedRedis
+
+
+@pytest.fixture
+def own_redis(redis_server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, to pause (``redis_server`` first: skip or fail as all do)."""
+    with EmbeddedRedis(appendfsync="always") as server:
+        yield server
+
+
+def wait_until(what: str, done: object, within: float = TIMEOUT) -> float:
+    """Seconds until ``done()`` holds; fail after ``within``."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if done():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {within} s")
+
+
+def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
+    broker: EmbeddedBroker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+) -> None:
+    lines = with_ticks(shop(20_000, 1_500, seed=21))
+    expected = replay(write_jsonl(tmp_path / "in.jsonl", lines), tmp_path)
+    env = isolated_env(broker, own_redis, "zombie", MM_BATCH_MAX="300")
+    settings = settings_of(env)
+    run(create_topics(settings))
+    run(produce(settings, lines))
+    zombie = workers.start(env)
+    run(
+        wait_for_records(
+            broker.bootstrap, settings.topic_triggers, len(expected.triggers) // 10, workers, TIMEOUT
+        )
+    )
+    zombie.pause()
+    try:
+        successor = workers.start(env)
+        # It takes every partition once the paused one's session has expired, and works on.
+        wait_until(
+            "the successor has the partitions", lambda: successor.said("assigned partitions [0, 1, 2, 3]")
+        )
+        run(
+            wait_for_records(
+                broker.bootstrap, settings.topic_triggers, len(expected.triggers) // 2, workers, TIMEOUT
+            )
+        )
+    finally:
+        zombie.resume()
+    # Awake, the zombie still holds fetched records and a batch: its saves are refused.
+    wait_until(
+        "the zombie's writes are refused",
+        lambda: zombie.metrics("micromoments_state_conflicts_total") > 0,
+        60,
+    )
+    run(wait_consumed(settings, workers))
+    report = compare("zombie", settings, broker, expected)
+    print(report)
+    assert not report.lost
+    assert not report.extra
+    assert not report.changed, "a trigger published twice carries the same bytes"
+
+
+def test_a_batch_retrying_while_redis_hangs_gives_its_partitions_up_at_once(
+    broker: EmbeddedBroker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+) -> None:
+    lines = with_ticks(shop(8_000, 600, seed=22))
+    expected = replay(write_jsonl(tmp_path / "in.jsonl", lines), tmp_path)
+    env = isolated_env(broker, own_redis, "revoke", MM_BATCH_MAX="300", MM_REDIS_TIMEOUT_S="1")
+    settings = settings_of(env)
+    run(create_topics(settings))
+    run(produce(settings, lines))
+    first = workers.start(env)
+    run(wait_for_records(broker.bootstrap, settings.topic_triggers, 1, workers, TIMEOUT))
+    own_redis.pause()
+    try:
+        wait_until("the batch retries", lambda: first.said("batch failed, redoing it"), 30)
+        second = workers.start(env)
+        # The group rebalances while Redis still hangs: the retrying batch lets go of what is revoked.
+        took = wait_until(
+            "a rebalance",
+            lambda: second.said("assigned partitions [") and not second.said("assigned partitions []"),
+            30,
+        )
+        assert first.said("partitions revoked while retrying") or first.said(
+            "partitions revoked while processing"
+        )
+        print(f"the second worker had partitions {took:.1f} s after it started, Redis still hung")
+    finally:
+        own_redis.resume()
+    run(wait_consumed(settings, workers))
+    report = compare("revoke", settings, broker, expected)
+    print(report)
+    assert not report.lost
+    assert not report.extra
+    assert not report.changed
