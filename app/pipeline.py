@@ -100,6 +100,8 @@ class Pipeline:
         self._parked: dict[str, list[Parked]] = {}
         # Per stream this process writes, the epoch it claimed the stream at (see StateStore.claim).
         self._epochs: dict[str, int] = {}
+        # Per stream, where its input stands as of the last commit (see StreamSave.positions).
+        self._positions: dict[str, dict[str, int]] = {}
 
     async def open(self, streams: Iterable[str]) -> None:
         """Resume streams not open yet from their checkpoints in the store.
@@ -112,6 +114,7 @@ class Pipeline:
                 if stream not in self._epochs:
                     self._epochs[stream] = await self.store.claim(stream)
                 checkpoint = await self.store.checkpoint(stream)
+                self._positions[stream] = dict(checkpoint.positions)
                 self._processors[stream] = StreamProcessor(
                     self.detector,
                     clock=EventClock(checkpoint.clock, checkpoint.recent),
@@ -136,9 +139,18 @@ class Pipeline:
             self._processors.pop(stream, None)
             self._parked.pop(stream, None)
             self._epochs.pop(stream, None)
+            self._positions.pop(stream, None)
 
     def processor(self, stream: str) -> StreamProcessor:
         return self._processors[stream]
+
+    def positions(self, stream: str) -> Mapping[str, int]:
+        """Where an open stream's input stands: source -> the first position its states do not reflect.
+
+        A record before it was applied and saved, its outputs sent: one read again (its
+        offsets were not committed before a crash, or a rebalance) is to be skipped.
+        """
+        return self._positions.get(stream, {})
 
     def is_open(self, stream: str) -> bool:
         return stream in self._processors
@@ -293,8 +305,12 @@ class Pipeline:
         await self.open(streams)
         return _restored(loaded)
 
-    async def commit(self, batch: Batch) -> None:
-        """Save every changed state and each stream's checkpoint, all at once."""
+    async def commit(self, batch: Batch, positions: Mapping[str, Mapping[str, int]] | None = None) -> None:
+        """Save every changed state and each stream's checkpoint, all at once.
+
+        ``positions``: per stream, where its input stands once this batch is applied (see
+        :meth:`positions`).
+        """
         saves = []
         written: set[str] = set()
         versions = batch.versions
@@ -325,9 +341,12 @@ class Pipeline:
                     clock.recent,
                     erasures,
                     self._epochs.get(stream, 0),
+                    (positions or {}).get(stream, {}),
                 )
             )
         await self.store.save(saves)
+        for stream, moved in (positions or {}).items():
+            self._positions.setdefault(stream, {}).update(moved)
         for stream in batch.outcomes:
             self._parked[stream] = self._processors[stream].parked
 

@@ -131,6 +131,20 @@ async def test_checkpoints_keep_clock_and_deadlines_per_stream(store: StateStore
     assert (p1.clock, p1.deadlines) == (6_000, {"c3": 9_000})
 
 
+async def test_checkpoints_keep_each_sources_position_a_refused_save_moves_none(
+    store: StateStore,
+) -> None:
+    await store.save([StreamSave("p0", [], 5_000, {}, positions={"clicks": 10, "orders": 3})])
+    await store.save([StreamSave("p0", [], 5_100, {}, positions={"clicks": 17})])
+    assert (await store.checkpoint("p0")).positions == {"clicks": 17, "orders": 3}
+    assert (await store.checkpoint("p1")).positions == {}
+    with pytest.raises(ConflictError):
+        await store.save(
+            [StreamSave("p0", [write(rich_state(), version=4)], 5_200, {}, positions={"clicks": 99})]
+        )
+    assert (await store.checkpoint("p0")).positions == {"clicks": 17, "orders": 3}
+
+
 async def test_one_save_spans_streams_and_is_all_or_nothing(store: StateStore) -> None:
     await store.save(
         [

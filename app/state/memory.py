@@ -38,6 +38,7 @@ class MemoryStateStore:
         self._clocks: dict[str, tuple[int | None, list[tuple[int, int]]]] = {}
         self._deadlines: dict[str, dict[str, int]] = {}
         self._epochs: dict[str, int] = {}
+        self._positions: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -111,6 +112,7 @@ class MemoryStateStore:
             heapq.heapify(self._expiry)
         for save in saves:
             self._clocks[save.stream] = (save.clock, list(save.recent))
+            self._positions.setdefault(save.stream, {}).update(save.positions)
             pending = self._deadlines.setdefault(save.stream, {})
             for customer, deadline in save.deadlines.items():
                 if deadline is None:
@@ -127,7 +129,9 @@ class MemoryStateStore:
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         clock, recent = self._clocks.get(stream, (None, []))
-        return Checkpoint(clock, dict(self._deadlines.get(stream, {})), recent)
+        return Checkpoint(
+            clock, dict(self._deadlines.get(stream, {})), recent, dict(self._positions.get(stream, {}))
+        )
 
     async def clocks(self) -> dict[str, int]:
         return {stream: clock for stream, (clock, _) in self._clocks.items() if clock is not None}

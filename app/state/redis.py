@@ -17,6 +17,8 @@ and each stream's, keys together):
   for no clock yet).
 - ``{prefix}:deadlines:{<stream>}`` — sorted set, customer -> absence deadline (ms).
 - ``{prefix}:epoch:{<stream>}`` — the stream's epoch, moved on by each claim.
+- ``{prefix}:positions:{<stream>}`` — hash, source (topic) -> the position (offset) of its first
+  record the stream's states do not reflect yet.
 - ``{prefix}:streams`` — the set of stream names, so ``forget`` can reach every deadline set.
 
 Saving a batch is one Lua script call: it checks every state's version and
@@ -45,12 +47,12 @@ _VERSION = struct.Struct(">Q")
 MIN_TTL_MS: Final = 24 * 3_600_000
 
 _SAVE = """
--- KEYS: n state keys, m state keys to erase, then per stream: clock, deadlines and epoch keys,
---       then the streams set
+-- KEYS: n state keys, m state keys to erase, then per stream: clock, deadlines, epoch and
+--       positions keys, then the streams set
 -- ARGV: n, m, stream count, tombstone ttl ms, then per state: expected version (8 bytes),
 --       value, ttl ms; per erasure: expected version, tombstone (the next version);
---       then per stream: name, epoch ('0': unchecked), clock, deadline count, then pairs
---       (customer, deadline or '')
+--       then per stream: name, epoch ('0': unchecked), clock, deadline count, position
+--       count, then pairs (customer, deadline or ''), then pairs (source, position)
 local n, m, streams, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local ZERO = '\\0\\0\\0\\0\\0\\0\\0\\0'
 local current = {}
@@ -76,10 +78,10 @@ end
 local streams_arg = arg
 for s = 0, streams - 1 do
   local epoch = ARGV[arg + 1]
-  if epoch ~= '0' and (redis.call('GET', KEYS[n + m + s * 3 + 3]) or '0') ~= epoch then
+  if epoch ~= '0' and (redis.call('GET', KEYS[n + m + s * 4 + 3]) or '0') ~= epoch then
     bad_streams[#bad_streams + 1] = s + 1
   end
-  arg = arg + 4 + tonumber(ARGV[arg + 3]) * 2
+  arg = arg + 5 + (tonumber(ARGV[arg + 3]) + tonumber(ARGV[arg + 4])) * 2
 end
 if #bad_states > 0 or #bad_streams > 0 then return {bad_states, bad_streams} end
 arg = 5 + n * 3
@@ -92,13 +94,14 @@ for i = 1, n do
   redis.call('SET', KEYS[i], ARGV[base + 1], 'PX', ARGV[base + 2])
 end
 arg = streams_arg
-local streams_key = KEYS[n + m + streams * 3 + 1]
+local streams_key = KEYS[n + m + streams * 4 + 1]
 for s = 0, streams - 1 do
-  local clock_key, deadlines_key = KEYS[n + m + s * 3 + 1], KEYS[n + m + s * 3 + 2]
+  local clock_key, deadlines_key = KEYS[n + m + s * 4 + 1], KEYS[n + m + s * 4 + 2]
+  local positions_key = KEYS[n + m + s * 4 + 4]
   redis.call('SADD', streams_key, ARGV[arg])
   if ARGV[arg + 2] ~= '' then redis.call('SET', clock_key, ARGV[arg + 2]) end
-  local count = tonumber(ARGV[arg + 3])
-  arg = arg + 4
+  local count, positions = tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
+  arg = arg + 5
   for d = 1, count do
     local customer, deadline = ARGV[arg], ARGV[arg + 1]
     if deadline == '' then
@@ -106,6 +109,10 @@ for s = 0, streams - 1 do
     else
       redis.call('ZADD', deadlines_key, deadline, customer)
     end
+    arg = arg + 2
+  end
+  for d = 1, positions do
+    redis.call('HSET', positions_key, ARGV[arg], ARGV[arg + 1])
     arg = arg + 2
   end
 end
@@ -179,6 +186,9 @@ class RedisStateStore:
     def epoch_key(self, stream: str) -> str:
         return f"{self.prefix}:epoch:{{{stream}}}"
 
+    def positions_key(self, stream: str) -> str:
+        return f"{self.prefix}:positions:{{{stream}}}"
+
     @property
     def streams_key(self) -> str:
         return f"{self.prefix}:streams"
@@ -224,12 +234,15 @@ class RedisStateStore:
                 self.clock_key(save.stream),
                 self.deadlines_key(save.stream),
                 self.epoch_key(save.stream),
+                self.positions_key(save.stream),
             ]
             voters = (f"{tag}:{ts}" for tag, ts in save.recent)
             clock = " ".join(["-" if save.clock is None else str(save.clock), *voters])
-            args += [save.stream, save.epoch, clock, len(save.deadlines)]
+            args += [save.stream, save.epoch, clock, len(save.deadlines), len(save.positions)]
             for customer, deadline in save.deadlines.items():
                 args += [customer, "" if deadline is None else deadline]
+            for source, position in save.positions.items():
+                args += [source, position]
         keys.append(self.streams_key)
         refused = await self._save(keys=keys, args=args)
         if refused:
@@ -245,12 +258,14 @@ class RedisStateStore:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(self.clock_key(stream))
             pipe.zrange(self.deadlines_key(stream), 0, -1, withscores=True)
-            clock, pending = await pipe.execute()
+            pipe.hgetall(self.positions_key(stream))
+            clock, pending, positions = await pipe.execute()
         time, *recent = (clock or b"-").split()
         return Checkpoint(
             None if time == b"-" else int(time),
             {customer.decode(): int(deadline) for customer, deadline in pending},
             [_voter(i, entry) for i, entry in enumerate(recent)],
+            {source.decode(): int(position) for source, position in positions.items()},
         )
 
     async def clocks(self) -> dict[str, int]:

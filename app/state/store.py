@@ -67,12 +67,17 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     erase: Sequence[Erasure] = ()
     # The epoch the stream was claimed at (see StateStore.claim); 0: unclaimed, not checked.
     epoch: int = 0
+    # Where the stream's input stands once this is saved: source (a topic) -> the position
+    # (offset) of the first record not applied yet. Opaque to the store.
+    positions: Mapping[str, int] = msgspec.field(default_factory=dict)
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
     clock: int | None
     deadlines: dict[str, int]
     recent: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    # See StreamSave.positions: what the stored states reflect of the input.
+    positions: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class ConflictError(RuntimeError):

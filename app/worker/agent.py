@@ -155,6 +155,7 @@ class DetectorAgent:
         # _unless_revoked): the revocation handler waits for it.
         self._revoked: set[TP] = set()
         self._revoking = asyncio.Event()
+        self._saving = False
         # Partition -> records waiting for their turn in event-time order.
         self._aligners: dict[int, Aligner[Arrival]] = {}
         # Time of the latest event fetched per topic-partition (see Arrival).
@@ -189,7 +190,12 @@ class DetectorAgent:
         async with self._busy:
             now = self._waiting_clock()
             fetched_at = time.monotonic()
+            assigned = self._consumer.assignment() if fetch else set()
             for tp, records in fetch.items():
+                if tp not in assigned:
+                    # Fetched before its partition was revoked: its new owner reads it. Taken here,
+                    # it would be applied after later records of it, and claim the stream back.
+                    continue
                 self._aligner(tp.partition).add(tp.topic, self._arrivals(tp, records), now)
                 self._fetched[tp] = records[-1].offset + 1
                 self._fetch_times.add(tp, records[-1].offset, fetched_at)
@@ -245,7 +251,6 @@ class DetectorAgent:
                 if not await self._unless_revoked(_slept(delay), in_hand, waiting=True):
                     return
                 delay = min(delay * 2, LAST_RETRY_S)
-        self._keep_parked(routed, batch)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
         offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
         if offsets:
@@ -261,14 +266,19 @@ class DetectorAgent:
 
         A batch holds the lock the revocation handler waits for: were it left to finish (or to
         retry while Redis is away), the group could not rebalance until it did. Its records are
-        uncommitted, so the new owner reads them again; a save already under way when it is
-        cancelled is refused by the new owner's claim on the stream, or is the state of records
-        the new owner then finds already applied.
+        uncommitted, so the new owner reads them again. A save under way is let finish: it is
+        refused if the new owner has claimed the stream since, and otherwise its events are
+        duplicates to the new owner.
         """
         task = asyncio.ensure_future(work)
         revoking = asyncio.ensure_future(self._revoking.wait())
         try:
             while True:
+                if self._saving:
+                    # A save under way is let finish (Redis answers within MM_REDIS_TIMEOUT_S):
+                    # refused, it is counted as such; done, its batch is.
+                    await asyncio.wait({task})
+                    return task.result()
                 if in_hand & self._revoked or not in_hand <= self._consumer.assignment():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -392,33 +402,69 @@ class DetectorAgent:
             self._consumer.resume_partitions(resume)
             self._paused -= resume
 
-    def _committable(self) -> dict[TP, int]:
+    def _committable(self, parked: dict[int, dict[int, ConsumerRecord]] | None = None) -> dict[TP, int]:
         """Next offset to read per partition: past what is processed, short of what waits.
 
         What waits: records in an aligner, and parked events (too far ahead of their stream's
-        time), which are in no checkpoint, so that whoever owns the partition next (this
-        worker after a crash, or another) reads them again.
+        time; those held, or ``parked``), which are in no checkpoint, so that whoever owns the
+        partition next (this worker after a crash, or another) reads them again.
         """
         offsets = dict(self._fetched)
         for partition, aligner in self._aligners.items():
             for topic, offset in aligner.next_offsets().items():
                 offsets[TP(topic, partition)] = offset
-        for records in self._parked.values():
+        for records in (self._parked if parked is None else parked).values():
             for record in records.values():
                 tp = TP(record.topic, record.partition)
                 offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
         return offsets
 
-    def _keep_parked(self, routed: Routed, batch: Batch) -> None:
-        """Once a batch is done: hold the records of the events it parked, let go of those it decided."""
+    def _parked_after(self, routed: Routed, batch: Batch) -> dict[int, dict[int, ConsumerRecord]]:
+        """The parked records held once ``batch`` is done: with those it parked, less those it decided."""
+        after = {partition: dict(records) for partition, records in self._parked.items()}
         for stream, outcome in batch.outcomes.items():
             partition = _partition_of(stream)
-            kept = self._parked.setdefault(partition, {})
+            kept = after.setdefault(partition, {})
             kept.update(_parked_in(routed, stream, outcome))
             for event, _, _ in outcome.unparked:
                 kept.pop(id(event), None)
             if not kept:
-                del self._parked[partition]
+                del after[partition]
+        return after
+
+    def _positions(
+        self, batch: Batch, parked: dict[int, dict[int, ConsumerRecord]]
+    ) -> dict[str, dict[str, int]]:
+        """Per stream of ``batch``, where its input stands once saved (see Pipeline.positions)."""
+        partitions = {_partition_of(stream): stream for stream in batch.outcomes}
+        positions: dict[str, dict[str, int]] = {}
+        for tp, offset in self._committable(parked).items():
+            stream = partitions.get(tp.partition)
+            if stream is not None:
+                positions.setdefault(stream, {})[tp.topic] = offset
+        return positions
+
+    def _applied_before(self, routed: Routed) -> Routed:
+        """``routed`` less the records its streams' saved states already reflect (see Pipeline.positions).
+
+        Records read again after a crash or a rebalance, whose offsets had not been committed:
+        their effects are saved and their outputs sent. Skipped, rather than judged again (a
+        customer's event too old for the window to recognise would otherwise look late).
+        """
+        positions = {stream: self.pipeline.positions(stream) for stream in routed.events}
+
+        def fresh(record: ConsumerRecord) -> bool:
+            stream = positions.get(stream_of(record.partition), {})
+            return bool(record.offset >= stream.get(record.topic, 0))
+
+        kept = Routed(consumed=routed.consumed)
+        for stream, events in routed.events.items():
+            pairs = [(e, r) for e, r in zip(events, routed.records[stream], strict=True) if fresh(r)]
+            kept.events[stream] = [e for e, _ in pairs]
+            kept.records[stream] = [r for _, r in pairs]
+        kept.dead = [entry for entry in routed.dead if fresh(entry[0])]
+        kept.misrouted = [entry for entry in routed.misrouted if fresh(entry[0])]
+        return kept
 
     def route(self, released: dict[int, list[Arrival]]) -> Routed:
         routed = Routed()
@@ -445,6 +491,8 @@ class DetectorAgent:
         self, routed: Routed, quiet: dict[str, int], holds: dict[str, int]
     ) -> tuple[Batch, float]:
         """The batch, and when the broker had acknowledged its triggers (time.monotonic)."""
+        await self.pipeline.open([*routed.events, *quiet])
+        routed = self._applied_before(routed)
         batch = await self.pipeline.run(routed.events, advance=quiet, holds=holds)
         self._log_failures(batch)
         settings = self.settings
@@ -462,7 +510,13 @@ class DetectorAgent:
         self.metrics.acknowledged(
             (d.moment for d in batch.detections), len(dead), (r.topic for r, _ in routed.misrouted)
         )
-        await self.pipeline.commit(batch)
+        parked = self._parked_after(routed, batch)
+        self._saving = True
+        try:
+            await self.pipeline.commit(batch, self._positions(batch, parked))
+        finally:
+            self._saving = False
+        self._parked = parked
         # Only once the erasure is saved; if this is lost, reprocessing erases and confirms again.
         await asyncio.gather(*[await send for send in self._confirmations(batch)])
         for request in batch.forgotten:

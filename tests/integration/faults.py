@@ -9,6 +9,10 @@ ids), after it has changed the customer's state, as a defect would:
 - a detection of a customer whose id contains ``boom-policy``: :meth:`Policy.judge`;
 - a trigger anchored on an event whose id contains ``boom-render``: :meth:`TriggerWriter.record`.
 
+And one that stalls rather than raises: a batch with a customer whose id contains
+``boom-stall`` makes a worker stop itself (SIGSTOP) just before it saves, as a long GC
+pause or a frozen VM would; a test then resumes it (replay ignores it).
+
 ``python tests/integration/faults.py worker`` is ``micromoments worker`` with them planted; a
 replay in a test runs with them planted too (:func:`planted` as a context manager).
 """
@@ -16,17 +20,23 @@ replay in a test runs with them planted too (:func:`planted` as a context manage
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from app.detection import Detection
 from app.detector import Detector, Observation
 from app.events import Event
+from app.pipeline import Batch, Pipeline
 from app.policy import Judgement, Policy
 from app.triggers import TriggerWriter
 from app.window import CustomerState
 
-DETECTION, POLICY, RENDERING = "boom-detect", "boom-policy", "boom-render"
+DETECTION, POLICY, RENDERING, STALL = "boom-detect", "boom-policy", "boom-render", "boom-stall"
+# How many more stalls stop this process: one, in a worker started by this module (the batch
+# redone after its stall must not stall again).
+STALLS = 0
 
 
 class PlantedFault(RuntimeError):
@@ -35,13 +45,22 @@ class PlantedFault(RuntimeError):
 
 @contextlib.contextmanager
 def planted() -> Iterator[None]:
-    observe, judge, record = Detector.observe, Policy.judge, TriggerWriter.record
+    observe, judge, record, commit = Detector.observe, Policy.judge, TriggerWriter.record, Pipeline.commit
 
     def faulty_observe(self: Detector, state: CustomerState, event: Event, ts: int) -> Observation:
         observation = observe(self, state, event, ts)
         if DETECTION in event.event_id:
             raise PlantedFault(f"detection of {event.event_id}")
         return observation
+
+    async def stalling_commit(
+        self: Pipeline, batch: Batch, positions: Mapping[str, Mapping[str, int]] | None = None
+    ) -> None:
+        global STALLS
+        if STALLS and any(STALL in customer for customer in batch.states):
+            STALLS -= 1
+            os.kill(os.getpid(), signal.SIGSTOP)
+        await commit(self, batch, positions)
 
     def faulty_judge(self: Policy, detection: Detection, state: CustomerState) -> Judgement:
         judgement = judge(self, detection, state)
@@ -57,14 +76,17 @@ def planted() -> Iterator[None]:
     Detector.observe = faulty_observe  # type: ignore[method-assign]
     Policy.judge = faulty_judge  # type: ignore[method-assign]
     TriggerWriter.record = faulty_record  # type: ignore[method-assign]
+    Pipeline.commit = stalling_commit  # type: ignore[method-assign]
     try:
         yield
     finally:
         Detector.observe, Policy.judge, TriggerWriter.record = observe, judge, record  # type: ignore[method-assign]
+        Pipeline.commit = commit  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
     from app import cli
 
+    STALLS = 1
     with planted():
         sys.exit(cli.main(sys.argv[1:]))
