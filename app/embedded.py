@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,18 +87,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Server:
+class LocalServer:
+    """A server program run on a loopback port: started, awaited, stopped, killed, restarted.
+
+    Stopped and started again, it keeps its port (and whatever it keeps on disk), as a
+    server restarted in production does.
+    """
+
     name = "server"
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix=f"micromoments-{self.name}-", suffix=".log")  # noqa: SIM115
+        # Where the log of the latest start begins: what came before is an earlier run's.
+        self._log_start = 0
 
     def _command(self) -> Sequence[str]:
         raise NotImplementedError
 
     def start(self, timeout: float = 20.0) -> Self:
+        self._log.flush()
+        self._log_start = os.fstat(self._log.fileno()).st_size
         self._process = subprocess.Popen(
             self._command(),
             stdout=self._log,
@@ -157,9 +167,14 @@ class _Server:
             os.killpg(self._process.pid, signal.SIGCONT)
 
     def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_since_start().splitlines()[-lines:])
+
+    def log_since_start(self) -> str:
+        """What the server has logged since it was last started."""
         self._log.flush()
-        text = Path(self._log.name).read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        with open(self._log.name, "rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -171,10 +186,25 @@ class _Server:
         self._log.close()
 
 
-class EmbeddedBroker(_Server):
-    """A single-node Kafka-compatible broker with memory storage (Tansu)."""
+class Broker(Protocol):
+    """A Kafka-compatible broker started here: the embedded one, or Apache Kafka."""
+
+    # Whether it grants producer ids (InitProducerId): idempotent and transactional producers.
+    transactions: bool
+
+    @property
+    def bootstrap(self) -> str: ...
+
+
+class EmbeddedBroker(LocalServer):
+    """A single-node Kafka-compatible broker with memory storage (Tansu).
+
+    It has no ``InitProducerId``: producers must run without idempotence, and
+    transactions are out of reach.
+    """
 
     name = "broker"
+    transactions = False
 
     @staticmethod
     def binary() -> str:
@@ -204,7 +234,7 @@ class EmbeddedBroker(_Server):
         ]
 
 
-class EmbeddedRedis(_Server):
+class EmbeddedRedis(LocalServer):
     """``redis-server``, keeping nothing on disk unless ``appendfsync`` is given.
 
     With ``appendfsync="always"`` every write is in its append-only file before Redis

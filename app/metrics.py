@@ -397,6 +397,14 @@ class WorkerMetrics:
             "Batch saves refused because another worker wrote one of its customers meanwhile.",
             registry=reg,
         )
+        self.reconciliations = Counter(
+            name("reconciliations_total"),
+            "Streams claimed with exactly-once processing, by what their stored state was against the"
+            " input committed: consistent, rolled_back (the last save's transaction had not committed),"
+            " ahead (saved while at least once) or behind (the store lost writes).",
+            ["result"],
+            registry=reg,
+        )
 
         # --- consumer and process -------------------------------------------------------
         self.consumer_lag = CallbackGauge(

@@ -17,7 +17,7 @@ as the fault: replay and the worker skip the same events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 
 import msgspec
@@ -73,10 +73,20 @@ class Batch(msgspec.Struct, gc=False):
 
 # A batch's work on the states given; with a list, a probe of what fails (see Pipeline._guarded).
 Step = Callable[[dict[str, CustomerState], list[Exception] | None], dict[str, Outcome]]
+# What to do once a stream is claimed, before its checkpoint is read: (stream, epoch).
+OnClaim = Callable[[str, int], Awaitable[None]]
 
 
 class Pipeline:
-    def __init__(self, detector: Detector, store: StateStore, *, render: Render | None = None) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        store: StateStore,
+        *,
+        render: Render | None = None,
+        on_claim: OnClaim | None = None,
+        undo: bool = False,
+    ) -> None:
         """``render`` builds each trigger's record as the core routes it (see :class:`StreamProcessor`).
 
         Parameters
@@ -88,10 +98,18 @@ class Pipeline:
         render
             Turns a detection into its (key, value) record; a trigger that cannot be
             built then fails only the event that made it.
+        on_claim
+            Called with each stream claimed and its epoch, before its checkpoint is read:
+            where the worker brings the stored state in line with the input committed.
+        undo
+            Whether each save keeps its undo (see :class:`~app.state.store.StreamSave`): when
+            the input's offsets are committed after the save, in a transaction.
         """
         self.detector = detector
         self.store = store
         self.render = render
+        self.on_claim = on_claim
+        self.undo = undo
         self._processors: dict[str, StreamProcessor] = {}
         # Deadlines that could not be fired, and why: dropped instead when due again.
         self._broken: Broken = {}
@@ -112,7 +130,10 @@ class Pipeline:
         for stream in streams:
             if stream not in self._processors:
                 if stream not in self._epochs:
-                    self._epochs[stream] = await self.store.claim(stream)
+                    epoch = await self.store.claim(stream)
+                    if self.on_claim is not None:
+                        await self.on_claim(stream, epoch)
+                    self._epochs[stream] = epoch
                 checkpoint = await self.store.checkpoint(stream)
                 self._positions[stream] = dict(checkpoint.positions)
                 self._processors[stream] = StreamProcessor(
@@ -132,6 +153,13 @@ class Pipeline:
         """
         for stream in streams:
             self._processors.pop(stream, None)
+
+    def reclaim(self, streams: Iterable[str]) -> None:
+        """As :meth:`reset`, and claim the streams again when next opened: a batch to redo after a
+        failure that may have left the store and the committed input apart (see ``on_claim``)."""
+        for stream in streams:
+            self._processors.pop(stream, None)
+            self._epochs.pop(stream, None)
 
     def close(self, streams: Iterable[str]) -> None:
         """Forget streams altogether: revoked partitions (their next owner reads what is uncommitted)."""
@@ -342,6 +370,7 @@ class Pipeline:
                     erasures,
                     self._epochs.get(stream, 0),
                     (positions or {}).get(stream, {}),
+                    self.undo,
                 )
             )
         await self.store.save(saves)

@@ -35,6 +35,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Idempotent producer (exactly one copy of each send per session). Needs a broker
     # that supports InitProducerId: Apache Kafka does, the embedded dev broker does not.
     kafka_idempotence: bool = True
+    # at_least_once: a batch's output is published and acknowledged, its state saved, then
+    # its offsets committed; after a crash the uncommitted tail is processed again and its
+    # output published again, with the same ids. exactly_once: per partition, the batch's
+    # output and offsets are committed in one Kafka transaction and the state in Redis is
+    # reconciled with what was committed (see the README); consumers that read
+    # read_committed see each output once. Needs Apache Kafka (transactions) and Redis.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # The consumer group: every worker of one deployment shares it.
     group_id: str = "micromoments"
     # Seconds without heartbeat before the group evicts a worker. Short = fast failover

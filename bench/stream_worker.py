@@ -10,10 +10,12 @@ For each contender (the micromoments worker, and bench/naive_agent.py):
    latency — trigger received minus the triggering event's time — for the moments
    an event completes (cart abandonment, an absence, has no triggering event).
 
-Prints both and their ratio. Servers (Tansu broker, redis-server) run on free
-loopback ports and stop at the end.
+Prints both and their ratio. Servers (the embedded Tansu broker, or Apache Kafka with
+``--broker kafka``; redis-server) run on free loopback ports and stop at the end.
 
     .venv/bin/python bench/stream_worker.py
+    .venv/bin/python bench/stream_worker.py --broker kafka --guarantee both --rates 1000,5000,10000 \
+        --skip-naive
     .venv/bin/python bench/stream_worker.py --events 50000 --customers 5000 --rates 1000 --skip-naive
     .venv/bin/python bench/stream_worker.py --learning --skip-naive   # models score, a learner learns
     .venv/bin/python bench/stream_worker.py --learner-process --skip-naive   # ... in a process of its own
@@ -38,12 +40,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis, child_process
+from app.apache_kafka import ApacheKafka
+from app.embedded import Broker, EmbeddedBroker, EmbeddedRedis, child_process
 from app.settings import Settings, load_settings
 from app.traffic import TrafficGenerator
 from app.triggers import format_time
 from app.worker.feed import new_producer, publish
-from app.worker.kafka import ensure_topics
+from app.worker.kafka import ensure_topics, isolation_level
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
@@ -51,13 +54,14 @@ DATASET_SPAN_S = 3 * 3600
 WARM_UP_S = 120
 
 
-def settings_for(name: str, broker: EmbeddedBroker, redis: EmbeddedRedis) -> dict[str, str]:
+def settings_for(name: str, broker: Broker, redis: EmbeddedRedis, guarantee: str) -> dict[str, str]:
     return {
         "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "MM_REDIS_URL": redis.url,
         "MM_PSEUDONYM_KEY": "bench-only-pseudonym-key-of-32-characters",
         "MM_REDIS_PREFIX": name,
-        "MM_KAFKA_IDEMPOTENCE": "false",
+        "MM_KAFKA_IDEMPOTENCE": "true" if broker.transactions else "false",
+        "MM_PROCESSING_GUARANTEE": guarantee,
         "MM_KAFKA_SESSION_TIMEOUT": "3",
         "MM_PARTITIONS": str(PARTITIONS),
         "MM_GROUP_ID": name,
@@ -158,7 +162,12 @@ def live_traffic(rate: float, seconds: float, seed: int) -> list[tuple[float, di
 
 async def measure_latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:
     events = live_traffic(rate, seconds, seed)
-    tail = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, fetch_max_wait_ms=5)
+    # Read as the trigger topic's consumers read: exactly once, only what is committed.
+    tail = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        fetch_max_wait_ms=5,
+        isolation_level=isolation_level(settings),
+    )
     await tail.start()
     partitions = [TopicPartition(settings.topic_triggers, p) for p in range(PARTITIONS)]
     tail.assign(partitions)
@@ -244,11 +253,12 @@ async def contender(
     command: list[str],
     group: str,
     args: argparse.Namespace,
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis: EmbeddedRedis,
     lines: list[bytes],
+    guarantee: str = "at_least_once",
 ) -> dict[str, Any]:
-    env = settings_for(name, broker, redis)
+    env = settings_for(name, broker, redis, guarantee)
     settings = load_settings(env)
     started = time.perf_counter()
     await preproduce(settings, lines)
@@ -289,6 +299,13 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--broker", choices=["embedded", "kafka"], default="embedded")
+    parser.add_argument(
+        "--guarantee",
+        choices=["at_least_once", "exactly_once", "both"],
+        default="at_least_once",
+        help="the worker's MM_PROCESSING_GUARANTEE (exactly_once needs --broker kafka); both: one run each",
+    )
     parser.add_argument(
         "--learning",
         action="store_true",
@@ -309,16 +326,20 @@ async def main() -> None:
 
     lines = dataset(args.events, args.customers, args.seed)
     results = {}
-    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
-        results["micromoments"] = await contender(
-            "micromoments",
-            [sys.executable, "-m", "app.cli", "worker"],
-            "micromoments",
-            args,
-            broker,
-            redis,
-            lines,
-        )
+    guarantees = ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]
+    with ApacheKafka() if args.broker == "kafka" else EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        for guarantee in guarantees:
+            name = "micromoments" if len(guarantees) == 1 else f"mm-{guarantee.replace('_', '-')}"
+            results[name] = await contender(
+                name,
+                [sys.executable, "-m", "app.cli", "worker"],
+                name,
+                args,
+                broker,
+                redis,
+                lines,
+                guarantee,
+            )
         if not args.skip_naive:
             results["naive"] = await contender(
                 "naive",
@@ -331,10 +352,10 @@ async def main() -> None:
             )
     print()
     print(
-        f"{'':16}{'events/s':>12}" + "".join(f"{f'p50@{r:g}/s':>14}{f'p99@{r:g}/s':>14}" for r in args.rates)
+        f"{'':24}{'events/s':>12}" + "".join(f"{f'p50@{r:g}/s':>14}{f'p99@{r:g}/s':>14}" for r in args.rates)
     )
     for name, result in results.items():
-        row = f"{name:16}{result['throughput']['events_per_s']:>12,.0f}"
+        row = f"{name:24}{result['throughput']['events_per_s']:>12,.0f}"
         for rate in args.rates:
             latency = result[f"latency@{rate:g}"]
             row += f"{latency['p50_ms']:>12.1f}ms{latency['p99_ms']:>12.1f}ms"
@@ -342,7 +363,7 @@ async def main() -> None:
     for name, result in results.items():
         offered = ", ".join(f"{result[f'latency@{r:g}']['offered_per_s']:,.0f}/s" for r in args.rates)
         print(f"{name}: actually offered {offered}")
-    if "naive" in results:
+    if "naive" in results and "micromoments" in results:
         ratio = (
             results["micromoments"]["throughput"]["events_per_s"]
             / results["naive"]["throughput"]["events_per_s"]

@@ -1,6 +1,8 @@
-"""Pytest fixtures for real servers: ``redis-server`` and the embedded Kafka-compatible broker.
+"""Pytest fixtures for real servers: ``redis-server``, Apache Kafka and the embedded broker.
 
 Each starts on a free loopback port for the test session and stops afterwards.
+``broker`` is Apache Kafka, the production engine (fetched from Maven Central on
+first use, then cached); ``embedded_broker`` the one ``micromoments dev`` runs on.
 When a server's program is missing the tests that need it are skipped on a
 developer's machine, but fail when ``CI=true``: CI must never pass by skipping.
 """
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis, ServerUnavailable
+from app.apache_kafka import ApacheKafka, install
+from app.embedded import Broker, EmbeddedBroker, EmbeddedRedis, ServerUnavailable
 
 
 def _missing(reason: str) -> None:
@@ -42,7 +46,22 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
+def kafka_jars() -> None:
+    """Apache Kafka's jars, fetched (once) and cached; the reason if they cannot be."""
+    try:
+        install()
+    except ServerUnavailable as exc:
+        _missing(str(exc))
+
+
+@pytest.fixture(scope="session")
+def broker(kafka_jars: None) -> Iterator[ApacheKafka]:
+    with ApacheKafka() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def embedded_broker() -> Iterator[EmbeddedBroker]:
     try:
         server = EmbeddedBroker()
         server.binary()
@@ -50,3 +69,9 @@ def broker() -> Iterator[EmbeddedBroker]:
         _missing(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(params=["kafka", "embedded"])
+def each_broker(request: pytest.FixtureRequest) -> Broker:
+    """Apache Kafka, then the embedded broker: for what ``micromoments dev`` relies on as well."""
+    return cast(Broker, request.getfixturevalue("broker" if request.param == "kafka" else "embedded_broker"))

@@ -16,7 +16,15 @@ from app.replay import replay
 from app.state.codec import SCHEMA, encode_state
 from app.state.memory import MemoryStateStore
 from app.state.redis import MIN_TTL_MS, RedisStateStore
-from app.state.store import Checkpoint, ConflictError, Erasure, StateStore, StateWrite, StreamSave
+from app.state.store import (
+    Checkpoint,
+    ConflictError,
+    Erasure,
+    Reconciled,
+    StateStore,
+    StateWrite,
+    StreamSave,
+)
 from app.window import Cart, CustomerState, Entry, Order
 
 DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
@@ -332,6 +340,131 @@ async def test_a_shared_memory_store_serialises_all_but_the_latest_saved_states(
     loaded = await store.load(["c1", "c2", "c3"])
     assert {customer: v.state for customer, v in loaded.items()} == {c: rich_state(c) for c in kept}
     assert {customer: v.version for customer, v in loaded.items()} == {"c1": 2, "c2": 1, "c3": 1}
+
+
+# --- exactly once: undoing a save whose transaction did not commit -------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def undoing_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    """The stores a worker saves with an undo in: Redis, or serialised memory (never replay's)."""
+    if request.param == "memory":
+        yield MemoryStateStore()
+        return
+    server = request.getfixturevalue("redis_server")
+    client = aioredis.Redis.from_url(server.url)
+    await client.flushdb()
+    yield RedisStateStore(client)
+    await client.aclose()
+
+
+async def committed_batch(store: StateStore, epoch: int) -> None:
+    """c1 and c2 saved, c3 forgotten, at clicks 10: what a committed transaction left."""
+    await store.save(
+        [
+            StreamSave(
+                "p0",
+                [write(rich_state("c1")), write(rich_state("c2")), write(rich_state("c3"))],
+                4_000,
+                {"c1": 9_000, "c2": 9_500},
+                recent=[(1, 4_000)],
+                epoch=epoch,
+                positions={"clicks": 10},
+            )
+        ]
+    )
+    await store.save([StreamSave("p0", [], 4_000, {}, erase=[Erasure("c3", 1)], epoch=epoch)])
+
+
+async def test_a_save_whose_input_was_not_committed_is_undone(undoing_store: StateStore) -> None:
+    store = undoing_store
+    epoch = await store.claim("p0")
+    await committed_batch(store, epoch)
+    before = (await store.load(["c1", "c2", "c3"]), await store.checkpoint("p0"))
+    changed = rich_state("c1")
+    changed.cooldowns["frustration"] = 3_000
+    # The next batch: c1 changed, c2 forgotten, c3 back, c4 new; the clock, deadlines and
+    # positions moved on. Its transaction never commits.
+    await store.save(
+        [
+            StreamSave(
+                "p0",
+                [write(changed, 1), write(rich_state("c3"), 2), write(rich_state("c4"))],
+                6_000,
+                {"c1": None, "c2": None, "c4": 12_000},
+                recent=[(1, 6_000)],
+                erase=[Erasure("c2", 1)],
+                epoch=epoch,
+                positions={"clicks": 25, "search": 4},
+                undo=True,
+            )
+        ]
+    )
+    # Whoever claims the stream next learns from Kafka that clicks stand at 10, search at none.
+    epoch = await store.claim("p0")
+    assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.ROLLED_BACK
+    after = (await store.load(["c1", "c2", "c3", "c4"]), await store.checkpoint("p0"))
+    assert after == before
+    # Done once: the undo is gone with it.
+    assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.CONSISTENT
+
+
+async def test_a_save_whose_input_was_committed_stays(undoing_store: StateStore) -> None:
+    store = undoing_store
+    epoch = await store.claim("p0")
+    await committed_batch(store, epoch)
+    await store.save(
+        [
+            StreamSave(
+                "p0", [write(rich_state("c5"))], 6_000, {}, epoch=epoch, positions={"clicks": 12}, undo=True
+            )
+        ]
+    )
+    epoch = await store.claim("p0")
+    assert await store.reconcile("p0", epoch, {"clicks": 12, "search": None}) is Reconciled.CONSISTENT
+    assert "c5" in await store.load(["c5"])
+    # The undo went with the consistent reconcile: Kafka at 10 now means the store is ahead.
+    assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.AHEAD
+    assert "c5" in await store.load(["c5"])
+
+
+async def test_without_an_undo_a_store_ahead_or_behind_is_said_so_and_left_alone(
+    undoing_store: StateStore,
+) -> None:
+    store = undoing_store
+    epoch = await store.claim("p0")
+    await committed_batch(store, epoch)
+    await store.save([StreamSave("p0", [], 6_000, {}, epoch=epoch, positions={"clicks": 12}, undo=True)])
+    # A save without an undo (at least once) drops the one before it.
+    await store.save([StreamSave("p0", [], 6_500, {}, epoch=epoch, positions={"clicks": 14})])
+    assert await store.reconcile("p0", epoch, {"clicks": 12}) is Reconciled.AHEAD
+    assert await store.reconcile("p0", epoch, {"clicks": 30}) is Reconciled.BEHIND
+    assert (await store.checkpoint("p0")).positions == {"clicks": 14}
+
+
+async def test_an_undo_that_does_not_match_the_committed_input_is_not_applied(
+    undoing_store: StateStore,
+) -> None:
+    store = undoing_store
+    epoch = await store.claim("p0")
+    await committed_batch(store, epoch)
+    await store.save(
+        [
+            StreamSave(
+                "p0", [write(rich_state("c5"))], 6_000, {}, epoch=epoch, positions={"clicks": 12}, undo=True
+            )
+        ]
+    )
+    assert await store.reconcile("p0", epoch, {"clicks": 7}) is Reconciled.AHEAD
+    assert "c5" in await store.load(["c5"])
+
+
+async def test_reconciling_a_stream_claimed_since_is_refused(undoing_store: StateStore) -> None:
+    store = undoing_store
+    epoch = await store.claim("p0")
+    await store.claim("p0")
+    with pytest.raises(ConflictError):
+        await store.reconcile("p0", epoch, {"clicks": 1})
 
 
 # --- zombies, erasure and upgrades ------------------------------------------------------------------

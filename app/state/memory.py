@@ -19,11 +19,31 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+
+import msgspec
 
 from app.state.codec import decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
+from app.state.store import (
+    Checkpoint,
+    ConflictError,
+    Reconciled,
+    StreamSave,
+    Versioned,
+    compare_positions,
+)
 from app.window import CustomerState
+
+_Stored = tuple[bytes | CustomerState, int, int]
+
+
+class _Undo(msgspec.Struct, gc=False):
+    """What a save changed of a stream, as it was (None: absent)."""
+
+    clock: tuple[int | None, list[tuple[int, int]]] | None
+    blobs: dict[str, _Stored | None] = msgspec.field(default_factory=dict)
+    deadlines: dict[str, int | None] = msgspec.field(default_factory=dict)
+    positions: dict[str, int | None] = msgspec.field(default_factory=dict)
 
 
 class MemoryStateStore:
@@ -31,7 +51,7 @@ class MemoryStateStore:
         self.shared = shared
         # customer -> (state: serialised, the object itself, or b"" for a tombstone; version;
         # expires_at)
-        self._blobs: dict[str, tuple[bytes | CustomerState, int, int]] = {}
+        self._blobs: dict[str, _Stored] = {}
         # The customers whose state is kept as an object, least recently saved first.
         self._objects: OrderedDict[str, None] = OrderedDict()
         self._expiry: list[tuple[int, str]] = []
@@ -39,6 +59,7 @@ class MemoryStateStore:
         self._deadlines: dict[str, dict[str, int]] = {}
         self._epochs: dict[str, int] = {}
         self._positions: dict[str, dict[str, int]] = {}
+        self._undo: dict[str, _Undo] = {}
 
     def __len__(self) -> int:
         return len(self._blobs)
@@ -83,6 +104,10 @@ class MemoryStateStore:
         fenced = [s.stream for s in saves if s.epoch and self._epochs.get(s.stream, 0) != s.epoch]
         if conflicts or fenced:
             raise ConflictError(conflicts, fenced)
+        for save in saves:
+            self._undo.pop(save.stream, None)
+            if save.undo:
+                self._undo[save.stream] = self._undo_of(save)
         expiry, objects = self._expiry, self._objects
         for save in saves:
             for erasure in save.erase:
@@ -123,9 +148,59 @@ class MemoryStateStore:
         if clocks:
             self._expire(max(clocks))
 
+    def _undo_of(self, save: StreamSave) -> _Undo:
+        def kept(stored: _Stored | None) -> _Stored | None:
+            if stored is not None and isinstance(stored[0], CustomerState):
+                return (encode_state(stored[0]), stored[1], stored[2])
+            return stored
+
+        customers = [e.customer for e in save.erase] + [w.state.customer_id for w in save.writes]
+        pending, positions = self._deadlines.get(save.stream, {}), self._positions.get(save.stream, {})
+        return _Undo(
+            self._clocks.get(save.stream),
+            {customer: kept(self._blobs.get(customer)) for customer in customers},
+            {customer: pending.get(customer) for customer in save.deadlines},
+            {source: positions.get(source) for source in save.positions},
+        )
+
     async def claim(self, stream: str) -> int:
         self._epochs[stream] = self._epochs.get(stream, 0) + 1
         return self._epochs[stream]
+
+    async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
+        if self._epochs.get(stream, 0) != epoch:
+            raise ConflictError([], [stream])
+        positions = self._positions.setdefault(stream, {})
+        found = compare_positions(positions, committed)
+        undo = self._undo.get(stream)
+        if found is Reconciled.CONSISTENT or undo is None:
+            if found is Reconciled.CONSISTENT:
+                self._undo.pop(stream, None)
+            return found
+        before = {**positions, **{s: p for s, p in undo.positions.items() if p is not None}}
+        for source in (s for s, p in undo.positions.items() if p is None):
+            before.pop(source, None)
+        if compare_positions(before, committed) is not Reconciled.CONSISTENT:
+            return found
+        del self._undo[stream]
+        for customer, stored in undo.blobs.items():
+            self._objects.pop(customer, None)
+            if stored is None:
+                self._blobs.pop(customer, None)
+            else:
+                self._blobs[customer] = stored
+        if undo.clock is None:
+            self._clocks.pop(stream, None)
+        else:
+            self._clocks[stream] = undo.clock
+        pending = self._deadlines.setdefault(stream, {})
+        for customer, deadline in undo.deadlines.items():
+            if deadline is None:
+                pending.pop(customer, None)
+            else:
+                pending[customer] = deadline
+        self._positions[stream] = before
+        return Reconciled.ROLLED_BACK
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         clock, recent = self._clocks.get(stream, (None, []))

@@ -32,14 +32,21 @@ Redis node (standalone, or Sentinel/replicated).
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
 from app.privacy import pseudonym
 from app.state.codec import UnreadableState, decode_state, encode_state
-from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
+from app.state.store import (
+    Checkpoint,
+    ConflictError,
+    Reconciled,
+    StreamSave,
+    Versioned,
+    compare_positions,
+)
 from app.window import CustomerState
 
 _VERSION = struct.Struct(">Q")
@@ -47,14 +54,19 @@ _VERSION = struct.Struct(">Q")
 MIN_TTL_MS: Final = 24 * 3_600_000
 
 _SAVE = """
--- KEYS: n state keys, m state keys to erase, then per stream: clock, deadlines, epoch and
---       positions keys, then the streams set
--- ARGV: n, m, stream count, tombstone ttl ms, then per state: expected version (8 bytes),
---       value, ttl ms; per erasure: expected version, tombstone (the next version);
---       then per stream: name, epoch ('0': unchecked), clock, deadline count, position
---       count, then pairs (customer, deadline or ''), then pairs (source, position)
+-- KEYS: n state keys, m state keys to erase, then per stream: clock, deadlines, epoch,
+--       positions and undo keys, then the streams set
+-- ARGV: n, m, stream count, tombstone ttl ms, undo ('1': keep one), then per state: expected
+--       version (8 bytes), value, ttl ms, stream index; per erasure: expected version, tombstone
+--       (the next version), stream index; then per stream: name, epoch ('0': unchecked), clock,
+--       deadline count, position count, then pairs (customer, deadline or ''), then pairs
+--       (source, position)
 local n, m, streams, tomb_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local undo = ARGV[5] == '1'
 local ZERO = '\\0\\0\\0\\0\\0\\0\\0\\0'
+local STATE, ERASURE, HEADER = 4, 3, 5
+local first_erasure = HEADER + 1 + n * STATE
+local function stream_key(s, which) return KEYS[n + m + s * 5 + which] end
 local current = {}
 local function version(key)
   if current[key] == nil then
@@ -65,45 +77,60 @@ local function version(key)
   return current[key]
 end
 local bad_states, bad_streams = {}, {}
-local arg = 5 + n * 3
+local arg = first_erasure
 for j = 1, m do
   local key = KEYS[n + j]
   if version(key) ~= ARGV[arg] then bad_states[#bad_states + 1] = n + j
   else current[key] = ARGV[arg + 1] end
-  arg = arg + 2
+  arg = arg + ERASURE
 end
 for i = 1, n do
-  if version(KEYS[i]) ~= ARGV[5 + (i - 1) * 3] then bad_states[#bad_states + 1] = i end
+  if version(KEYS[i]) ~= ARGV[HEADER + 1 + (i - 1) * STATE] then bad_states[#bad_states + 1] = i end
 end
 local streams_arg = arg
 for s = 0, streams - 1 do
   local epoch = ARGV[arg + 1]
-  if epoch ~= '0' and (redis.call('GET', KEYS[n + m + s * 4 + 3]) or '0') ~= epoch then
+  if epoch ~= '0' and (redis.call('GET', stream_key(s, 3)) or '0') ~= epoch then
     bad_streams[#bad_streams + 1] = s + 1
   end
   arg = arg + 5 + (tonumber(ARGV[arg + 3]) + tonumber(ARGV[arg + 4])) * 2
 end
 if #bad_states > 0 or #bad_streams > 0 then return {bad_states, bad_streams} end
-arg = 5 + n * 3
+-- The undo of this save, per stream: what each key it changes held before, the first value only
+-- (a customer erased then written again keeps what was there before both).
+for s = 0, streams - 1 do redis.call('DEL', stream_key(s, 5)) end
+local function keep(s, field, value)
+  if undo then redis.call('HSETNX', stream_key(s, 5), field, value) end
+end
+local function keep_state(key, s)
+  if undo then
+    keep(s, 'k:' .. key, redis.call('GET', key) or '')
+    keep(s, 't:' .. key, redis.call('PTTL', key))
+  end
+end
+arg = first_erasure
 for j = 1, m do
+  keep_state(KEYS[n + j], tonumber(ARGV[arg + 2]))
   redis.call('SET', KEYS[n + j], ARGV[arg + 1], 'PX', tomb_ttl)
-  arg = arg + 2
+  arg = arg + ERASURE
 end
 for i = 1, n do
-  local base = 5 + (i - 1) * 3
+  local base = HEADER + 1 + (i - 1) * STATE
+  keep_state(KEYS[i], tonumber(ARGV[base + 3]))
   redis.call('SET', KEYS[i], ARGV[base + 1], 'PX', ARGV[base + 2])
 end
 arg = streams_arg
-local streams_key = KEYS[n + m + streams * 4 + 1]
+local streams_key = KEYS[n + m + streams * 5 + 1]
 for s = 0, streams - 1 do
-  local clock_key, deadlines_key = KEYS[n + m + s * 4 + 1], KEYS[n + m + s * 4 + 2]
-  local positions_key = KEYS[n + m + s * 4 + 4]
+  local clock_key, deadlines_key, positions_key = stream_key(s, 1), stream_key(s, 2), stream_key(s, 4)
   redis.call('SADD', streams_key, ARGV[arg])
+  keep(s, 'clock', redis.call('GET', clock_key) or '')
   if ARGV[arg + 2] ~= '' then redis.call('SET', clock_key, ARGV[arg + 2]) end
   local count, positions = tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
   arg = arg + 5
   for d = 1, count do
     local customer, deadline = ARGV[arg], ARGV[arg + 1]
+    keep(s, 'd:' .. customer, redis.call('ZSCORE', deadlines_key, customer) or '')
     if deadline == '' then
       redis.call('ZREM', deadlines_key, customer)
     else
@@ -112,11 +139,63 @@ for s = 0, streams - 1 do
     arg = arg + 2
   end
   for d = 1, positions do
+    keep(s, 'p:' .. ARGV[arg], redis.call('HGET', positions_key, ARGV[arg]) or '')
     redis.call('HSET', positions_key, ARGV[arg], ARGV[arg + 1])
     arg = arg + 2
   end
 end
 return {}
+"""
+
+_RECONCILE = """
+-- KEYS: the stream's epoch, positions, undo, clock and deadlines keys
+-- ARGV: epoch, then pairs (source, committed position or '' for none)
+-- Returns -1: claimed by another since; 0: consistent; 1: the last save undone; 2: neither.
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+local consistent = true
+for i = 2, #ARGV, 2 do
+  if (redis.call('HGET', KEYS[2], ARGV[i]) or '') ~= ARGV[i + 1] then consistent = false end
+end
+if consistent then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+local undo = redis.call('HGETALL', KEYS[3])
+if #undo == 0 then return 2 end
+local before = {}
+for i = 1, #undo, 2 do
+  if string.sub(undo[i], 1, 2) == 'p:' then before[string.sub(undo[i], 3)] = undo[i + 1] end
+end
+for i = 2, #ARGV, 2 do
+  local was = before[ARGV[i]]
+  if was == nil then was = redis.call('HGET', KEYS[2], ARGV[i]) or '' end
+  if was ~= ARGV[i + 1] then return 2 end
+end
+local ttls = {}
+for i = 1, #undo, 2 do
+  if string.sub(undo[i], 1, 2) == 't:' then ttls[string.sub(undo[i], 3)] = tonumber(undo[i + 1]) end
+end
+for i = 1, #undo, 2 do
+  local field, value = undo[i], undo[i + 1]
+  local kind, name = string.sub(field, 1, 2), string.sub(field, 3)
+  if kind == 'k:' then
+    if value == '' then
+      redis.call('DEL', name)
+    elseif ttls[name] and ttls[name] > 0 then
+      redis.call('SET', name, value, 'PX', ttls[name])
+    else
+      redis.call('SET', name, value)
+    end
+  elseif kind == 'd:' then
+    if value == '' then redis.call('ZREM', KEYS[5], name) else redis.call('ZADD', KEYS[5], value, name) end
+  elseif kind == 'p:' then
+    if value == '' then redis.call('HDEL', KEYS[2], name) else redis.call('HSET', KEYS[2], name, value) end
+  elseif field == 'clock' then
+    if value == '' then redis.call('DEL', KEYS[4]) else redis.call('SET', KEYS[4], value) end
+  end
+end
+redis.call('DEL', KEYS[3])
+return 1
 """
 
 _FORGET = """
@@ -159,6 +238,7 @@ class RedisStateStore:
         self._pseudonym_key = pseudonym_key
         self._save = client.register_script(_SAVE)
         self._forget = client.register_script(_FORGET)
+        self._reconcile = client.register_script(_RECONCILE)
 
     @classmethod
     def from_url(
@@ -189,6 +269,9 @@ class RedisStateStore:
     def positions_key(self, stream: str) -> str:
         return f"{self.prefix}:positions:{{{stream}}}"
 
+    def undo_key(self, stream: str) -> str:
+        return f"{self.prefix}:undo:{{{stream}}}"
+
     @property
     def streams_key(self) -> str:
         return f"{self.prefix}:streams"
@@ -208,9 +291,9 @@ class RedisStateStore:
     async def save(self, saves: Sequence[StreamSave]) -> None:
         """Save several streams' batches in one atomic round trip."""
         keys: list[str] = []
-        args: list[Any] = [0, 0, len(saves), self.min_ttl_ms]
+        args: list[Any] = [0, 0, len(saves), self.min_ttl_ms, "1" if any(s.undo for s in saves) else "0"]
         customers: list[str] = []
-        for save in saves:
+        for index, save in enumerate(saves):
             now = save.clock
             for write in save.writes:
                 customer = write.state.customer_id
@@ -221,13 +304,18 @@ class RedisStateStore:
                     _VERSION.pack(write.expected_version),
                     _VERSION.pack(write.expected_version + 1) + encode_state(write.state),
                     ttl,
+                    index,
                 ]
         args[0] = len(customers)
-        for save in saves:
+        for index, save in enumerate(saves):
             for erasure in save.erase:
                 customers.append(erasure.customer)
                 keys.append(self.state_key(erasure.customer))
-                args += [_VERSION.pack(erasure.expected_version), _VERSION.pack(erasure.expected_version + 1)]
+                args += [
+                    _VERSION.pack(erasure.expected_version),
+                    _VERSION.pack(erasure.expected_version + 1),
+                    index,
+                ]
         args[1] = len(customers) - args[0]
         for save in saves:
             keys += [
@@ -235,6 +323,7 @@ class RedisStateStore:
                 self.deadlines_key(save.stream),
                 self.epoch_key(save.stream),
                 self.positions_key(save.stream),
+                self.undo_key(save.stream),
             ]
             voters = (f"{tag}:{ts}" for tag, ts in save.recent)
             clock = " ".join(["-" if save.clock is None else str(save.clock), *voters])
@@ -250,6 +339,24 @@ class RedisStateStore:
             raise ConflictError(
                 [customers[int(i) - 1] for i in bad_states], [saves[int(s) - 1].stream for s in bad_streams]
             )
+
+    async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
+        keys = [
+            self.epoch_key(stream),
+            self.positions_key(stream),
+            self.undo_key(stream),
+            self.clock_key(stream),
+            self.deadlines_key(stream),
+        ]
+        args: list[Any] = [epoch]
+        for source, position in sorted(committed.items()):
+            args += [source, "" if position is None else position]
+        found = int(await self._reconcile(keys=keys, args=args))
+        if found < 0:
+            raise ConflictError([], [stream])
+        if found < 2:
+            return Reconciled.ROLLED_BACK if found else Reconciled.CONSISTENT
+        return compare_positions((await self.checkpoint(stream)).positions, committed)
 
     async def claim(self, stream: str) -> int:
         return int(await self.client.incr(self.epoch_key(stream)))

@@ -15,10 +15,18 @@ Two kinds of data, both written only after a batch's triggers are safely out:
 
 A save is all or nothing: any version or epoch that differs refuses the whole of
 it (:class:`ConflictError`), and writes nothing.
+
+Each stream's checkpoint also says where its input stands (*positions*: per source
+topic, the offset of the first record its states do not reflect). When the input's
+offsets are committed after the save, in a Kafka transaction with the batch's output
+(exactly once), a save can keep its *undo*: what every key it changed held before.
+Should the transaction then not commit, :meth:`StateStore.reconcile`, given the
+offsets Kafka did commit, puts the stream back as it was before that save.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
@@ -70,6 +78,33 @@ class StreamSave(msgspec.Struct, frozen=True, gc=False):
     # Where the stream's input stands once this is saved: source (a topic) -> the position
     # (offset) of the first record not applied yet. Opaque to the store.
     positions: Mapping[str, int] = msgspec.field(default_factory=dict)
+    # Keep what this save changes, as it was, until the stream's next save or reconcile.
+    undo: bool = False
+
+
+class Reconciled(enum.Enum):
+    """What :meth:`StateStore.reconcile` found of a stream against the input committed, and did."""
+
+    # The states reflect exactly the committed input.
+    CONSISTENT = "consistent"
+    # They reflected the last save's input, which was not committed: that save was undone.
+    ROLLED_BACK = "rolled_back"
+    # They reflect more than was committed, with no undo that would match (saved while at least
+    # once): records they reflect are skipped when read again, as at least once does.
+    AHEAD = "ahead"
+    # They reflect less than was committed: the store lost writes (a Redis restored from an old
+    # snapshot). Nothing can restore them; the records in between are not applied.
+    BEHIND = "behind"
+
+
+def compare_positions(positions: Mapping[str, int], committed: Mapping[str, int | None]) -> Reconciled:
+    """Where stored ``positions`` stand against ``committed`` ones (None: nothing committed)."""
+    stored = {source: positions.get(source, -1) for source in committed}
+    if all(stored[s] == (c if c is not None else -1) for s, c in committed.items()):
+        return Reconciled.CONSISTENT
+    if any(stored[s] < c for s, c in committed.items() if c is not None):
+        return Reconciled.BEHIND
+    return Reconciled.AHEAD
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
@@ -106,6 +141,15 @@ class StateStore(Protocol):
 
     async def claim(self, stream: str) -> int:
         """Make this process the stream's writer: its new epoch, which refuses earlier claims' saves."""
+
+    async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
+        """Bring a claimed stream in line with the input committed: ``committed`` per source (None:
+        nothing), as Kafka holds it once the stream's last transaction has ended.
+
+        Undoes the stream's last save if it kept an undo and its positions are past the
+        committed ones that the undo's match. Raises :class:`ConflictError` if the stream has
+        been claimed since ``epoch``.
+        """
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         """The stream's clock and pending deadlines (empty for a new stream)."""

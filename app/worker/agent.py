@@ -36,12 +36,12 @@ import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, Final, TypeVar, cast
 
 import msgspec
-from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 from redis.exceptions import RedisError
@@ -52,14 +52,15 @@ from app.events import Event
 from app.metrics import WorkerMetrics, retry_cause
 from app.pipeline import Batch, Pipeline
 from app.privacy import pseudonym, redact
-from app.processor import Outcome, Record, Status, describe_error
+from app.processor import Outcome, Status, describe_error
 from app.settings import Settings
-from app.state.store import ConflictError
+from app.state.store import ConflictError, Reconciled
 from app.triggers import CONTENT_TYPE, TriggerWriter, encode, format_time
 from app.worker.alignment import Aligner
 from app.worker.faust_batch import BatchApp, BatchConsumer, RecordBatch
 from app.worker.instruments import FetchTimes, account_completed, account_routed
 from app.worker.learning import FORGET_HEADER, SEGMENTS, forget_records, training_records
+from app.worker.transactions import Transactions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,6 +92,17 @@ class Arrival(msgspec.Struct, gc=False):
     @property
     def offset(self) -> int:
         return int(self.record.offset)
+
+
+class Output(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A record to publish, and the stream whose input caused it (whose transaction it is in)."""
+
+    stream: str
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
 
 
 class Routed(msgspec.Struct, gc=False):
@@ -142,6 +154,12 @@ class DetectorAgent:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
+        # Exactly once: per stream, a transactional producer and a reconcile on claim.
+        self.transactions: Transactions | None = None
+        if settings.processing_guarantee == "exactly_once":
+            self.transactions = Transactions(settings)
+            pipeline.on_claim = self._claimed
+            pipeline.undo = True
         self._fetch_times = FetchTimes()
         self.writer = TriggerWriter(source, pipeline.detector.policy.subject)
         # The core builds each trigger's record as it routes it: one it cannot build
@@ -156,6 +174,7 @@ class DetectorAgent:
         self._revoked: set[TP] = set()
         self._revoking = asyncio.Event()
         self._saving = False
+        self._claiming: asyncio.Future[None] | None = None
         # Partition -> records waiting for their turn in event-time order.
         self._aligners: dict[int, Aligner[Arrival]] = {}
         # Time of the latest event fetched per topic-partition (see Arrival).
@@ -185,6 +204,7 @@ class DetectorAgent:
         # Faust's signal types do not admit a receiver's own parameters; it sends (revoked,).
         app.on_partitions_revoked.connect(cast(Any, self._on_partitions_revoked))
         app.on_partitions_assigned.connect(cast(Any, self._on_partitions_assigned))
+        app.on_before_shutdown.connect(cast(Any, self._on_shutdown))
 
     async def __call__(self, fetch: RecordBatch) -> None:
         async with self._busy:
@@ -197,7 +217,9 @@ class DetectorAgent:
                     # it would be applied after later records of it, and claim the stream back.
                     continue
                 self._aligner(tp.partition).add(tp.topic, self._arrivals(tp, records), now)
-                self._fetched[tp] = records[-1].offset + 1
+                # The consumer's position, which passes a transaction's marker after its last record
+                # (a topic written exactly once): committed short of it, the partition would show lag.
+                self._fetched[tp] = max(records[-1].offset + 1, self._consumer.next_offset(tp) or 0)
                 self._fetch_times.add(tp, records[-1].offset, fetched_at)
             try:
                 released = self._release(now)
@@ -244,20 +266,43 @@ class DetectorAgent:
                 batch, acknowledged = done
                 break
             except (ConflictError, *RETRYABLE) as exc:
-                # Nothing of the batch was saved: reload the streams and redo it.
                 self.metrics.batch_retries.labels(retry_cause(exc)).inc()
                 log.warning("batch failed, redoing it in %.1f s: %r", delay, exc)
-                self.pipeline.reset([*routed.events, *quiet])
+                await self._undone([*routed.events, *quiet], exc)
                 if not await self._unless_revoked(_slept(delay), in_hand, waiting=True):
                     return
                 delay = min(delay * 2, LAST_RETRY_S)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
+        if self.transactions is not None:
+            return  # the offsets went with the transactions
         offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
         if offsets:
             committed = await self._consumer.commit_offsets(offsets)
             self.metrics.offset_commits.labels("ok" if committed else "failed").inc()
             if committed:
                 self._committed.update(offsets)
+
+    async def _undone(self, streams: list[str], failure: Exception) -> None:
+        """Ready the streams for their batch to be redone after ``failure``.
+
+        At least once, nothing of the batch was saved (a save is all or nothing, and
+        comes after the output is out): the streams are reloaded. Exactly once, the
+        transactions are aborted; unless another worker has fenced this one off, the
+        streams are claimed again, which reconciles their state with what Kafka has
+        committed (the save may have happened, and the commit too, or not).
+        """
+        if self.transactions is None:
+            self.pipeline.reset(streams)
+            return
+        await self.transactions.abort(streams)
+        fenced = isinstance(failure, ProducerFenced) or (
+            isinstance(failure, ConflictError) and bool(failure.streams)
+        )
+        if fenced:
+            # A zombie: the new owner has the streams; this worker waits for its revocation.
+            self.pipeline.reset(streams)
+        else:
+            self.pipeline.reclaim(streams)
 
     async def _unless_revoked(
         self, work: Coroutine[Any, Any, T], in_hand: set[TP], *, waiting: bool = False
@@ -495,43 +540,100 @@ class DetectorAgent:
         routed = self._applied_before(routed)
         batch = await self.pipeline.run(routed.events, advance=quiet, holds=holds)
         self._log_failures(batch)
-        settings = self.settings
-        outcomes = batch.outcomes.values()
         dead = list(self._dead_letters(routed, batch))
-        sent = [
-            *self._records(settings.topic_triggers, [r for o in outcomes for r in o.triggers]),
-            *self._records(settings.topic_holdout, [r for o in outcomes for r in o.held_out_records]),
+        outputs = [
+            *self._triggers(batch),
             *dead,
             *self._repartitioned(routed),
             *self._training(batch),
         ]
-        await asyncio.gather(*[await send for send in sent])
-        acknowledged = time.monotonic()
+        parked = self._parked_after(routed, batch)
+        positions = self._positions(batch, parked)
+        if self.transactions is None:
+            await self._published(outputs)
+            acknowledged = time.monotonic()
+            await self._saved(batch, positions)
+            # Only once the erasure is saved; if this is lost, reprocessing erases and confirms again.
+            await self._published(self._confirmations(batch))
+        else:
+            # Output, confirmations and offsets in one transaction per stream; the state saved
+            # (with its undo) before the transactions commit: see app.worker.transactions.
+            await self.transactions.begin(batch.outcomes)
+            await self._published(outputs)
+            acknowledged = time.monotonic()
+            await self._saved(batch, positions)
+            await self._published(self._confirmations(batch))
+            await self.transactions.commit(
+                {
+                    stream: {TopicPartition(topic, _partition_of(stream)): o for topic, o in moved.items()}
+                    for stream, moved in positions.items()
+                }
+            )
         self.metrics.acknowledged(
             (d.moment for d in batch.detections), len(dead), (r.topic for r, _ in routed.misrouted)
         )
-        parked = self._parked_after(routed, batch)
-        self._saving = True
-        try:
-            await self.pipeline.commit(batch, self._positions(batch, parked))
-        finally:
-            self._saving = False
         self._parked = parked
-        # Only once the erasure is saved; if this is lost, reprocessing erases and confirms again.
-        await asyncio.gather(*[await send for send in self._confirmations(batch)])
         for request in batch.forgotten:
             log.info(
                 "customer %s forgotten: state and deadlines erased, confirmed on %s (request event %s)",
                 redact(request.customer_id),
-                settings.topic_confirmations,
+                self.settings.topic_confirmations,
                 request.event_id,
             )
         return batch, acknowledged
 
-    def _records(self, topic: str, records: list[Record]) -> Iterable[Awaitable[Awaitable[Any]]]:
-        producer = self.app.producer
-        for key, value in records:
-            yield producer.send(topic, key, value, None, None, TRIGGER_HEADERS)
+    async def _saved(self, batch: Batch, positions: dict[str, dict[str, int]]) -> None:
+        self._saving = True
+        try:
+            await self.pipeline.commit(batch, positions)
+        finally:
+            self._saving = False
+
+    async def _published(self, outputs: Iterable[Output]) -> None:
+        """Send ``outputs`` and wait until the broker has them (each in its stream's transaction)."""
+        if self.transactions is None:
+            send = self.app.producer.send
+            sent = [
+                await send(o.topic, o.key, o.value, None, _seconds(o.timestamp_ms), o.headers)
+                for o in outputs
+            ]
+        else:
+            producer = self.transactions.producer
+            sent = [
+                await producer(o.stream).send(
+                    o.topic, o.value, key=o.key, timestamp_ms=o.timestamp_ms, headers=o.headers
+                )
+                for o in outputs
+            ]
+        await asyncio.gather(*sent)
+
+    async def _claimed(self, stream: str, epoch: int) -> None:
+        """Exactly once: fence earlier producers of the stream, then bring its state in line with
+        the input Kafka has committed for it (undoing a save whose transaction never committed)."""
+        assert self.transactions is not None
+        await self.transactions.claim(stream)
+        partition = _partition_of(stream)
+        inputs = [TopicPartition(topic, partition) for topic in self._order]
+        committed = await self.transactions.committed(stream, inputs)
+        found = await self.pipeline.store.reconcile(stream, epoch, committed)
+        if found is Reconciled.ROLLED_BACK:
+            log.info("stream %s: its last save's transaction had not committed; the save is undone", stream)
+        elif found is Reconciled.AHEAD:
+            log.info("stream %s: its state reflects input past the committed offsets, skipped", stream)
+        elif found is Reconciled.BEHIND:
+            log.error(
+                "stream %s: the stored state reflects less than the committed input (was Redis"
+                " restored from an older copy?); the records in between are not applied",
+                stream,
+            )
+
+    def _triggers(self, batch: Batch) -> Iterable[Output]:
+        settings = self.settings
+        for stream, outcome in batch.outcomes.items():
+            for key, value in outcome.triggers:
+                yield Output(stream, settings.topic_triggers, key, value, None, TRIGGER_HEADERS)
+            for key, value in outcome.held_out_records:
+                yield Output(stream, settings.topic_holdout, key, value, None, TRIGGER_HEADERS)
 
     def _log_failures(self, batch: Batch) -> None:
         """What raised while the batch ran (the events skipped, the deadlines dropped), with tracebacks,
@@ -548,28 +650,30 @@ class DetectorAgent:
         if batch.unreadable:
             self.metrics.states_unreadable.inc(len(batch.unreadable))
 
-    def _training(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
+    def _training(self, batch: Batch) -> Iterable[Output]:
         """Labelled examples for the learners, and tombstones of forgotten customers (when learning)."""
         models = self.pipeline.detector.models
         if models is None:
             return
-        producer, topic = self.app.producer, self.settings.topic_training
-        for key, value in training_records(batch.examples, segments=models.segmenter is not None):
-            yield producer.send(topic, key, value, None, None, None)
-        if batch.forgotten:
-            key = self.settings.pseudonym_key.encode() if self.settings.pseudonym_key else b""
-            subjects = [pseudonym(request.customer_id, key) for request in batch.forgotten]
-            names = [*models.moments, *([SEGMENTS] if models.segmenter is not None else [])]
-            for name, subject in forget_records(subjects, names):
-                yield producer.send(topic, name, subject, None, None, [FORGET_HEADER])
+        topic = self.settings.topic_training
+        key = self.settings.pseudonym_key.encode() if self.settings.pseudonym_key else b""
+        names = [*models.moments, *([SEGMENTS] if models.segmenter is not None else [])]
+        for stream, outcome in batch.outcomes.items():
+            for name, value in training_records(outcome.examples, segments=models.segmenter is not None):
+                yield Output(stream, topic, name, value)
+            if outcome.forgotten:
+                subjects = [pseudonym(request.customer_id, key) for request in outcome.forgotten]
+                for name, subject in forget_records(subjects, names):
+                    yield Output(stream, topic, name, subject, None, [FORGET_HEADER])
 
-    def _confirmations(self, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
-        producer, topic, subject = self.app.producer, self.settings.topic_confirmations, self.writer.subject
-        for request in batch.forgotten:
-            event = confirmation(request, source=self.writer.source, subject=subject(request.customer_id))
-            yield producer.send(topic, event["subject"].encode(), encode(event), None, None, TRIGGER_HEADERS)
+    def _confirmations(self, batch: Batch) -> Iterable[Output]:
+        topic, subject = self.settings.topic_confirmations, self.writer.subject
+        for stream, outcome in batch.outcomes.items():
+            for request in outcome.forgotten:
+                event = confirmation(request, source=self.writer.source, subject=subject(request.customer_id))
+                yield Output(stream, topic, event["subject"].encode(), encode(event), None, TRIGGER_HEADERS)
 
-    def _dead_letters(self, routed: Routed, batch: Batch) -> Iterable[Awaitable[Awaitable[Any]]]:
+    def _dead_letters(self, routed: Routed, batch: Batch) -> Iterable[Output]:
         settings = self.settings
         dead = [(record, reason, detail, settings.topic_dlq) for record, reason, detail in routed.dead]
         for stream, outcome in batch.outcomes.items():
@@ -591,7 +695,6 @@ class DetectorAgent:
                     dead.append((record, status.value, _LATE, settings.late_topic))
                 elif status is Status.INTERNAL_ERROR:
                     dead.append((record, status.value, why, settings.topic_dlq))
-        producer = self.app.producer
         for record, reason, detail, topic in dead:
             headers = [
                 *(record.headers or ()),
@@ -601,13 +704,14 @@ class DetectorAgent:
                 ("mm.dlq.partition", str(record.partition).encode()),
                 ("mm.dlq.offset", str(record.offset).encode()),
             ]
-            yield producer.send(topic, record.key, record.value, None, _seconds(record), headers)
+            stream = stream_of(record.partition)
+            yield Output(stream, topic, record.key, record.value, record.timestamp, headers)
 
-    def _repartitioned(self, routed: Routed) -> Iterable[Awaitable[Awaitable[Any]]]:
-        producer, topic = self.app.producer, self.settings.topic_repartition
+    def _repartitioned(self, routed: Routed) -> Iterable[Output]:
+        topic = self.settings.topic_repartition
         for record, key in routed.misrouted:
             headers = [*(record.headers or ()), ("mm.source.topic", record.topic.encode())]
-            yield producer.send(topic, key, record.value, None, _seconds(record), headers)
+            yield Output(stream_of(record.partition), topic, key, record.value, record.timestamp, headers)
 
     @property
     def _consumer(self) -> BatchConsumer:
@@ -618,6 +722,24 @@ class DetectorAgent:
     async def _on_partitions_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = sorted({tp.partition for tp in assigned if tp.topic in self._order})
         log.info("assigned partitions %s of the input topics", partitions)
+        if self.transactions is not None and partitions:
+            # Claimed at once, not with their first batch: a transaction an earlier owner left
+            # open holds back every read_committed consumer of its partitions until it is aborted,
+            # which the claim does. Apart from the rebalance, which must not wait for it.
+            self._claiming = asyncio.ensure_future(self._claim_assigned(partitions))
+
+    async def _claim_assigned(self, partitions: list[int]) -> None:
+        async with self._busy:
+            assigned = {tp.partition for tp in self._consumer.assignment() if tp.topic in self._order}
+            streams = [stream_of(p) for p in partitions if p in assigned]
+            try:
+                await self.pipeline.open(streams)
+            except (ConflictError, *RETRYABLE) as exc:
+                log.warning("could not claim %s now (%r): with their first batch, then", streams, exc)
+
+    async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        if self.transactions is not None:
+            await self.transactions.close()
 
     async def _on_partitions_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         # The batch in hand gives up revoked partitions at once (see _unless_revoked); one that
@@ -643,6 +765,9 @@ class DetectorAgent:
             # The consumer forgets pauses of revoked partitions itself.
             self._paused -= {TP(tp.topic, tp.partition) for tp in revoked}
             self.pipeline.close({stream_of(p) for p in partitions})
+            if self.transactions is not None:
+                # An open transaction of theirs is aborted when the new owner claims the stream.
+                await self.transactions.drop({stream_of(p) for p in partitions})
             self._revoked -= {TP(tp.topic, tp.partition) for tp in revoked}
 
 
@@ -658,5 +783,6 @@ async def _slept(seconds: float) -> bool:
     return True
 
 
-def _seconds(record: ConsumerRecord) -> float | None:
-    return record.timestamp / 1000 if record.timestamp is not None else None
+def _seconds(timestamp_ms: int | None) -> float | None:
+    """A record timestamp as Faust's producer takes it."""
+    return timestamp_ms / 1000 if timestamp_ms is not None else None

@@ -16,7 +16,8 @@ The whole change, kept small and tested in ``tests/integration/test_faust_batch.
   records of batch topics to the batch agent before Faust sees them;
 - its consumer thread lowers aiokafka's ``fetch_max_wait_ms``, which Faust
   hard-codes to 1,500 ms: brokers that do not wake a waiting fetch when data
-  arrives (the embedded one) would otherwise add up to that much latency;
+  arrives (the embedded one) would otherwise add up to that much latency; and
+  reads ``read_committed`` when asked (Faust does only with its own transactions);
 - :class:`BatchProducer` makes the producer's idempotence a setting (Faust
   enables it only inside transactions).
 
@@ -43,10 +44,17 @@ class BatchApp(faust.App):
     """A Faust app that can run batch agents; see the module docstring."""
 
     def __init__(
-        self, *args: Any, fetch_max_wait_ms: int = 10, idempotence: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        fetch_max_wait_ms: int = 10,
+        idempotence: bool = True,
+        read_committed: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.idempotence = idempotence
+        # Whether the consumer skips records of aborted transactions (exactly once).
+        self.read_committed = read_committed
         self.batch_topics: frozenset[str] = frozenset()
         self._batch_agent: BatchAgent | None = None
         super().__init__(*args, **kwargs)
@@ -91,13 +99,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def lag(self, tp: TP) -> int | None:
         """Records of ``tp`` on the broker not yet handed out by this consumer; None if unknown."""
-        consumer = self._thread._consumer
-        subscription = consumer._subscription.subscription if consumer is not None else None
-        assignment = subscription.assignment if subscription is not None else None
-        state = assignment.state_value(tp) if assignment is not None else None
+        state = self._state(tp)
         if state is None or state.highwater is None or not state.has_valid_position:
             return None
         return max(0, int(state.highwater) - int(state.position))
+
+    def next_offset(self, tp: TP) -> int | None:
+        """The next offset of ``tp`` this consumer hands out: past the records it has handed out,
+        and past the transaction markers after them (which are no records)."""
+        state = self._state(tp)
+        if state is None or not state.has_valid_position:
+            return None
+        return int(state.position)
+
+    def _state(self, tp: TP) -> Any:
+        consumer = self._thread._consumer
+        subscription = consumer._subscription.subscription if consumer is not None else None
+        assignment = subscription.assignment if subscription is not None else None
+        return assignment.state_value(tp) if assignment is not None else None
 
     async def commit_offsets(self, offsets: Mapping[TP, int]) -> bool:
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
@@ -111,8 +130,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
+        app = cast(BatchApp, self.app)
         # Read by aiokafka when the consumer starts and creates its fetcher.
-        consumer._fetch_max_wait_ms = cast(BatchApp, self.app).fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms
+        if app.read_committed:
+            consumer._isolation_level = "read_committed"
         return consumer
 
 

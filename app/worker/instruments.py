@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from app.metrics import WorkerMetrics
 from app.processor import Status
 from app.state.redis import RedisStateStore
-from app.state.store import Checkpoint, ConflictError, StateStore, StreamSave, Versioned
+from app.state.store import Checkpoint, ConflictError, Reconciled, StateStore, StreamSave, Versioned
 
 if TYPE_CHECKING:
     from app.pipeline import Batch
@@ -187,6 +187,11 @@ class MeteredStore:
 
     async def claim(self, stream: str) -> int:
         result: int = await self._timed("checkpoint", self.inner.claim(stream))
+        return result
+
+    async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
+        result: Reconciled = await self._timed("checkpoint", self.inner.reconcile(stream, epoch, committed))
+        self.metrics.reconciliations.labels(result.value).inc()
         return result
 
     async def clocks(self) -> dict[str, int]:

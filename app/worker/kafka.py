@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 from typing import Any
 
 import faust
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 _TOPIC_EXISTS = 36
+# How long topics just created may take to show in the broker's metadata.
+CREATED_WITHIN_S = 10.0
+PRODUCER_IDS_WITHIN_S = 30.0
 
 
 class TopicLayoutError(RuntimeError):
@@ -44,6 +52,11 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def isolation_level(settings: Settings) -> str:
+    """What the worker's consumers read: with exactly once, nothing of an aborted transaction."""
+    return "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
 
 
 def faust_brokers(settings: Settings) -> list[str]:
@@ -101,8 +114,99 @@ def retention_ms(settings: Settings) -> dict[str, int]:
     }
 
 
+_REFUSED = (errors.SaslAuthenticationFailed, errors.AuthenticationFailedError, errors.IllegalSaslStateError)
+_UNSUPPORTED = (errors.UnsupportedSaslMechanismError, errors.AuthenticationMethodNotSupported)
+
+
+async def check_access(settings: Settings) -> None:
+    """Connect and authenticate to a bootstrap server as every client of the worker will.
+
+    Kafka's clients log a refused login and go on trying, or fail later with "unable to
+    bootstrap"; this says at once which setting is wrong.
+
+    Parameters
+    ----------
+    settings
+        The connection settings (``MM_KAFKA_*``).
+
+    Raises
+    ------
+    SettingsError
+        The broker refused the credentials or the mechanism, naming the settings to check.
+    """
+    options = client_options(settings)
+    options.pop("bootstrap_servers")
+    unreachable: list[str] = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            connection = await create_conn(host, int(port), request_timeout_ms=10_000, **options)
+        except _REFUSED as exc:
+            raise SettingsError(
+                f"Kafka at {server.strip()} refused the credentials: check MM_KAFKA_SASL_USERNAME and"
+                f" MM_KAFKA_SASL_PASSWORD (MM_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}): {exc}"
+            ) from exc
+        except _UNSUPPORTED as exc:
+            raise SettingsError(
+                f"Kafka at {server.strip()} does not accept MM_KAFKA_SASL_MECHANISM="
+                f"{settings.kafka_sasl_mechanism} (or MM_KAFKA_SECURITY_PROTOCOL="
+                f"{settings.kafka_security_protocol}): {exc}"
+            ) from exc
+        except (OSError, TimeoutError, errors.KafkaError) as exc:
+            # Another server may answer; the clients report it if none does.
+            unreachable.append(f"{server.strip()} ({exc!r})")
+            continue
+        try:
+            if settings.kafka_idempotence or settings.processing_guarantee == "exactly_once":
+                await _check_producer_ids(connection, server.strip())
+        finally:
+            connection.close()
+        return
+    log.warning("no bootstrap server answered yet: %s", "; ".join(unreachable))
+
+
+async def _check_producer_ids(connection: Any, server: str) -> None:
+    """Whether the broker grants producer ids, which idempotent and transactional producers need."""
+    deadline = time.monotonic() + PRODUCER_IDS_WITHIN_S
+    while True:
+        try:
+            response = await connection.send(InitProducerIdRequest(None, 60_000))
+            code = response.error_code
+        except errors.KafkaError as exc:
+            code = getattr(exc, "errno", -1)
+        # Retriable: a broker just started may still be setting its producer ids up.
+        if code == 0 or not errors.for_code(code).retriable or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    if code != 0:
+        raise SettingsError(
+            f"Kafka at {server} grants no producer ids (InitProducerId failed with error {code}):"
+            " MM_KAFKA_IDEMPOTENCE=true and MM_PROCESSING_GUARANTEE=exactly_once need a broker that"
+            " does, such as Apache Kafka. The embedded broker of `micromoments dev` cannot do"
+            " transactions: use it with MM_KAFKA_IDEMPOTENCE=false and at_least_once."
+        )
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topics: list[str], created: bool) -> dict[str, int]:
+    """Partitions per topic, of those that exist.
+
+    A broker's metadata can lag a moment behind a topic it has just created (Apache Kafka
+    answers "unknown topic" for a few milliseconds): after creating, ask until all are known.
+    """
+    deadline = time.monotonic() + (CREATED_WITHIN_S if created else 0.0)
+    while True:
+        described = await admin.describe_topics(topics)
+        partitions = {
+            d["topic"]: len(d.get("partitions") or ()) for d in described if not d.get("error_code")
+        }
+        if all(partitions.get(t) for t in topics) or time.monotonic() >= deadline:
+            return partitions
+        await asyncio.sleep(0.1)
+
+
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create missing topics (if allowed) and check the layout; returns partitions per topic."""
+    await check_access(settings)
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
@@ -127,10 +231,9 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                     log.info("created topic %s with %d partitions", topic, settings.partitions)
                 elif code != _TOPIC_EXISTS:
                     raise TopicLayoutError(f"cannot create topic {topic}: {message} (error {code})")
-        described = await admin.describe_topics(topics)
+        partitions = await _partitions(admin, topics, settings.create_topics)
     finally:
         await admin.close()
-    partitions = {d["topic"]: len(d.get("partitions") or ()) for d in described if not d.get("error_code")}
     missing = [t for t in topics if not partitions.get(t)]
     if missing:
         raise TopicLayoutError(f"missing topics: {', '.join(missing)} (set MM_CREATE_TOPICS=true to create)")

@@ -44,7 +44,7 @@ from app.learning.segments import Segmenter
 from app.metrics import Sample, WorkerMetrics
 from app.settings import Settings
 from app.state.model_store import Learnt, ModelStore
-from app.worker.kafka import client_options
+from app.worker.kafka import client_options, isolation_level
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ class Learner:
             session_timeout_ms=int(self.settings.kafka_session_timeout * 1000),
             heartbeat_interval_ms=int(self.settings.kafka_session_timeout * 250),
             fetch_max_wait_ms=100,
+            # Exactly once: examples of a batch whose transaction was aborted are not learnt.
+            isolation_level=isolation_level(self.settings),
         )
         consumer.subscribe([self.settings.topic_training], listener=_Handover(self))
         try:

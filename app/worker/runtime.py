@@ -67,6 +67,7 @@ def build_app(
         datadir=str(process_datadir()),
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         idempotence=settings.kafka_idempotence,
+        read_committed=settings.processing_guarantee == "exactly_once",
     )
     metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
     # Scorers only: each model is learnt by one learner (app.worker.learning).
@@ -139,6 +140,11 @@ async def _load_stored(settings: Settings, models: Models) -> dict[str, int]:
 
 
 def open_store(settings: Settings) -> StateStore:
+    if settings.redis_url == "memory://" and settings.processing_guarantee == "exactly_once":
+        raise SettingsError(
+            "MM_PROCESSING_GUARANTEE=exactly_once needs Redis (MM_REDIS_URL): state kept in memory"
+            " is lost with the worker, and cannot be reconciled with what Kafka committed"
+        )
     if settings.redis_url == "memory://":
         log.warning("state is in memory (MM_REDIS_URL=memory://): it is lost when the worker stops")
         return MemoryStateStore()

@@ -35,6 +35,7 @@ from harness import (
     Replayed,
     WorkerProcess,
     Workers,
+    backlog,
     create_topics,
     isolated_env,
     partition_of,
@@ -49,8 +50,9 @@ from harness import (
     write_jsonl,
 )
 
+from app.apache_kafka import ApacheKafka
 from app.decoding import MAX_EVENT_BYTES
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 from app.settings import Settings
 from app.traffic import TrafficGenerator
 from app.triggers import format_time
@@ -207,6 +209,8 @@ class Report:
     changed: set[str]
     dead: Counter[str]
     dead_expected: Counter[str]
+    # Dead letters published more than once (at least once, a redone batch sends them again).
+    dead_duplicated: int = 0
     # Every distinct trigger published; internal errors dead-lettered, by the start of their detail.
     published: set[bytes] = field(default_factory=set)
     failures: Counter[str] = field(default_factory=Counter)
@@ -222,7 +226,8 @@ class Report:
         lines = [
             f"{self.name}: replay {self.expected} triggers; published {self.records} records:"
             f" lost {len(self.lost)}, extra {len(self.extra)}, duplicated {self.duplicated},"
-            f" bytes differ {len(self.changed)}; dead letters {sum(self.dead.values())} ({dead})"
+            f" bytes differ {len(self.changed)}; dead letters {sum(self.dead.values())} ({dead};"
+            f" duplicated {self.dead_duplicated})"
             f"{'' if self.dead == self.dead_expected else f' EXPECTED {dict(self.dead_expected)}'}"
             f" [{self.seconds:.0f} s]"
         ]
@@ -309,6 +314,32 @@ def redis_restarted(down: float = 1.0, after: float = 2.0) -> Fault:
     return inject
 
 
+def broker_restarted(broker: ApacheKafka, how: str, down: float = 2.0, within: float = 60.0) -> Fault:
+    """Kafka stopped (``how``: "sigterm", a clean shutdown; "sigkill", a crash) as soon as the
+    workers have committed part of the input, and started again on its port, with its data,
+    ``down`` seconds later."""
+
+    def inject(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
+        # Down in the middle of the run: once the workers have committed some of it, not all.
+        settings = settings_of(crew.env)
+        total = sum(run(backlog(settings)).values())
+        deadline = time.monotonic() + within
+        while (waiting := sum(run(backlog(settings)).values())) == total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 0 < waiting < total, f"{waiting} of {total} records uncommitted when the broker went down"
+        (broker.stop if how == "sigterm" else broker.kill)()
+        time.sleep(down)
+        began = time.monotonic()
+        broker.start()
+        took = time.monotonic() - began
+        return [
+            f"Kafka stopped ({how}) with {waiting} input records uncommitted, started again"
+            f" {down:g} s later, serving {took:.0f} s after"
+        ]
+
+    return inject
+
+
 def no_fault(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
     return []
 
@@ -317,7 +348,7 @@ def chaos_run(
     name: str,
     lines: list[bytes],
     *,
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis: EmbeddedRedis,
     workers: Workers,
     directory: Path,
@@ -359,8 +390,10 @@ def chaos_run(
     return report
 
 
-def compare(name: str, settings: Settings, broker: EmbeddedBroker, expected: Replayed) -> Report:
-    triggers = run(read_topic(broker.bootstrap, settings.topic_triggers))
+def compare(name: str, settings: Settings, broker: Broker, expected: Replayed) -> Report:
+    """What the workers published against replay, read as the guarantee's consumers read."""
+    committed = settings.processing_guarantee == "exactly_once"
+    triggers = run(read_topic(broker.bootstrap, settings.topic_triggers, read_committed=committed))
     replayed = {trigger_id(t): t for t in expected.triggers}
     copies: dict[str, set[bytes]] = {}
     for record in triggers:
@@ -373,10 +406,13 @@ def compare(name: str, settings: Settings, broker: EmbeddedBroker, expected: Rep
     dead: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     seen: set[tuple[bytes, bytes, bytes]] = set()
-    for record in run(read_topic(broker.bootstrap, settings.topic_dlq)):
+    dead_duplicated = 0
+    for record in run(read_topic(broker.bootstrap, settings.topic_dlq, read_committed=committed)):
         headers = dict(record.headers)
         where = (headers["mm.dlq.topic"], headers["mm.dlq.partition"], headers["mm.dlq.offset"])
-        if where not in seen:  # a batch redone after a kill dead-letters its records again
+        if where in seen:  # a batch redone after a kill dead-letters its records again
+            dead_duplicated += 1
+        else:
             seen.add(where)
             dead[headers["mm.dlq.reason"].decode()] += 1
             if headers["mm.dlq.reason"] == b"internal_error":
@@ -388,6 +424,7 @@ def compare(name: str, settings: Settings, broker: EmbeddedBroker, expected: Rep
         lost=lost,
         extra=extra,
         duplicated=len(triggers) - len(copies),
+        dead_duplicated=dead_duplicated,
         changed=changed,
         dead=dead,
         dead_expected=Counter(),

@@ -34,9 +34,16 @@ from app.triggers import TriggerWriter
 from app.window import CustomerState
 
 DETECTION, POLICY, RENDERING, STALL = "boom-detect", "boom-policy", "boom-render", "boom-stall"
+# A worker crashes (SIGKILL) just after saving a batch of this customer's, before the batch's
+# offsets are committed (or its transaction): once, on the machine, then never again, which
+# the file named by CRASH_MARKER remembers.
+CRASH = "boom-crash"
+CRASH_MARKER = "MICROMOMENTS_TEST_CRASHED"
 # How many more stalls stop this process: one, in a worker started by this module (the batch
 # redone after its stall must not stall again).
 STALLS = 0
+# Whether this process is a worker started by this module (stalls and crashes are for those only).
+WORKER = False
 
 
 class PlantedFault(RuntimeError):
@@ -61,6 +68,11 @@ def planted() -> Iterator[None]:
             STALLS -= 1
             os.kill(os.getpid(), signal.SIGSTOP)
         await commit(self, batch, positions)
+        marker = os.environ.get(CRASH_MARKER)
+        if WORKER and marker and any(CRASH in customer for customer in batch.states):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # or it crashed before
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def faulty_judge(self: Policy, detection: Detection, state: CustomerState) -> Judgement:
         judgement = judge(self, detection, state)
@@ -87,6 +99,6 @@ def planted() -> Iterator[None]:
 if __name__ == "__main__":
     from app import cli
 
-    STALLS = 1
+    STALLS, WORKER = 1, True
     with planted():
         sys.exit(cli.main(sys.argv[1:]))

@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 from app import cli
 from app.clock import QUORUM
 from app.decoding import decode_event
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 from app.events import Event
 from app.replay import in_tie_order
 from app.settings import Settings, load_settings
@@ -53,7 +53,7 @@ _names = itertools.count(1)
 PSEUDONYM_KEY = "test-pseudonym-key-of-at-least-32-characters"
 
 
-def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extra: str) -> dict[str, str]:
+def isolated_env(broker: Broker, redis: EmbeddedRedis, name: str, **extra: str) -> dict[str, str]:
     """``MM_*`` settings of a worker of its own: topics, group and Redis prefix nobody else uses."""
     suffix = f"{name}-{next(_names)}-{uuid.uuid4().hex[:6]}"
     env = {
@@ -61,8 +61,9 @@ def isolated_env(broker: EmbeddedBroker, redis: EmbeddedRedis, name: str, **extr
         "MM_REDIS_URL": redis.url,
         "MM_REDIS_PREFIX": f"mm-{suffix}",
         "MM_PSEUDONYM_KEY": PSEUDONYM_KEY,
-        # The embedded broker has no InitProducerId, and assigns after half the session timeout.
-        "MM_KAFKA_IDEMPOTENCE": "false",
+        # The production default where the broker has InitProducerId (not the embedded one).
+        "MM_KAFKA_IDEMPOTENCE": "true" if broker.transactions else "false",
+        # The embedded broker assigns partitions after half the session timeout.
         "MM_KAFKA_SESSION_TIMEOUT": "3",
         "MM_PARTITIONS": str(PARTITIONS),
         "MM_GROUP_ID": f"mm-{suffix}",
@@ -416,7 +417,7 @@ async def produce(
                     line,
                     key=record_key,
                     partition=partition,
-                    timestamp_ms=event_time_ms(line),
+                    timestamp_ms=_stamp(event_time_ms(line)),
                     headers=list(headers) or None,
                 )
             )
@@ -426,9 +427,29 @@ async def produce(
     return [(m.topic, m.partition, m.offset) for m in sent]
 
 
-async def read_topic(bootstrap: str, topic: str, within: float = 30.0) -> list[Any]:
-    """Every record on ``topic`` now, in partition then offset order (no consumer group)."""
-    records, _ = await _read(bootstrap, [topic], within, max_partition_fetch_bytes=1024 * 1024)
+# Apache Kafka 4 refuses records stamped more than an hour ahead of its clock
+# (log.message.timestamp.after.max.ms): a device whose clock is years ahead cannot have its
+# events stamped with their time, and its producer stamps them with the time of sending.
+_AHEAD_MAX_MS = 3_600_000 - 60_000
+
+
+def _stamp(event_time: int | None) -> int | None:
+    if event_time is None or event_time > time.time() * 1000 + _AHEAD_MAX_MS:
+        return None
+    return event_time
+
+
+async def read_topic(
+    bootstrap: str, topic: str, within: float = 30.0, *, read_committed: bool = False
+) -> list[Any]:
+    """Every record on ``topic`` now, in partition then offset order (no consumer group).
+
+    ``read_committed``: as a consumer of exactly-once output reads, without the records
+    of aborted transactions.
+    """
+    records, _ = await _read(
+        bootstrap, [topic], within, max_partition_fetch_bytes=1024 * 1024, read_committed=read_committed
+    )
     return records
 
 
@@ -450,12 +471,14 @@ async def _read(
     *,
     max_partition_fetch_bytes: int,
     keep: bool = True,
+    read_committed: bool = False,
 ) -> tuple[list[Any], dict[TopicPartition, int]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         max_partition_fetch_bytes=max_partition_fetch_bytes,
         fetch_max_wait_ms=50,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
     )
     await consumer.start()
     try:
@@ -466,7 +489,9 @@ async def _read(
         records: list[Any] = []
         deadline = time.monotonic() + within
         while True:
-            ends = {tp: consumer.highwater(tp) for tp in tps}
+            # Read committed, the end is the last stable offset: short of any transaction still open.
+            end_of = consumer.last_stable_offset if read_committed else consumer.highwater
+            ends = {tp: end_of(tp) for tp in tps}
             known = {tp: end for tp, end in ends.items() if end is not None}
             if len(known) == len(tps):
                 if not keep:

@@ -318,7 +318,9 @@ async def test_agent_pauses_topic_partitions_that_pile_up(
     monkeypatch.setattr(agent, "_handle", handle)
     lag: dict[str, int | None] = {}  # unknown (None) unless set: not caught up
     monkeypatch.setattr(consumer, "lag", lambda tp: lag.get(tp.topic))
-    assigned = {TP(topic, p) for topic in [*settings.input_topics, settings.topic_repartition] for p in (0, 1)}
+    assigned = {
+        TP(topic, p) for topic in [*settings.input_topics, settings.topic_repartition] for p in (0, 1)
+    }
     monkeypatch.setattr(consumer, "assignment", lambda: assigned)
 
     # 9 clicks of partition 0 wait for the other topics: under batch_max, nothing paused.

@@ -33,7 +33,7 @@ from chaos import (
 )
 from harness import PARTITIONS, Workers, replay, write_jsonl
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def durable_redis(redis_server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
 
 
 def test_every_kind_of_bad_input_is_dead_lettered_and_changes_nothing_else(
-    broker: EmbeddedBroker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     rng = random.Random(10)
     # Devices whose clocks are wrong: three events in a row each, far or a little ahead, or behind.
@@ -92,7 +92,7 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_changes_nothing_else(
 
 
 def test_workers_killed_at_random_lose_nothing(
-    broker: EmbeddedBroker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines, _ = with_bad_records(shop(30_000, 2_000, seed=11), per_kind=10, rng=random.Random(11))
     report = chaos_run(
@@ -113,7 +113,7 @@ def test_workers_killed_at_random_lose_nothing(
 
 @pytest.mark.parametrize("fault", ["paused", "restarted"])
 def test_redis_down_loses_nothing(
-    fault: str, broker: EmbeddedBroker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    fault: str, broker: Broker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines = shop(15_000, 1_000, seed=12)
     report = chaos_run(
@@ -132,7 +132,7 @@ def test_redis_down_loses_nothing(
 
 
 def test_a_slow_topic_is_waited_for_not_overtaken(
-    broker: EmbeddedBroker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines = with_slow_topic(shop(10_000, 800, seed=13), random.Random(13), count=40, size=400_000)
     report = chaos_run(
@@ -144,7 +144,7 @@ def test_a_slow_topic_is_waited_for_not_overtaken(
 
 
 def test_a_partition_quiet_for_longer_than_the_skew_and_ties_across_topics(
-    broker: EmbeddedBroker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, durable_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     # Ten days of traffic; partition 1's customers stay away from day 1 to day 9. And a fifth
     # of the events share their time with their customer's previous event, whatever the topic.

@@ -88,13 +88,16 @@ async def prepare(broker: EmbeddedBroker, batch_topics: list[str], plain: str) -
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def running(
-    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+    embedded_broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[BatchApp, Received, dict[TP, list[bytes]]]]:
     suffix = uuid.uuid4().hex[:8]
     batch_a, batch_b, plain = f"batch-a-{suffix}", f"batch-b-{suffix}", f"plain-{suffix}"
-    sent = await prepare(broker, [batch_a, batch_b], plain)
+    sent = await prepare(embedded_broker, [batch_a, batch_b], plain)
     app = new_app(
-        broker, tmp_path_factory.mktemp("faust"), fetch_max_wait_ms=FETCH_MAX_WAIT_MS, idempotence=False
+        embedded_broker,
+        tmp_path_factory.mktemp("faust"),
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        idempotence=False,
     )
     received = Received()
 
@@ -133,7 +136,7 @@ async def until(condition: Any, within: float = 60.0) -> None:
 
 
 async def test_batch_agent_gets_whole_fetches_and_plain_agent_keeps_fausts_path(
-    running: tuple[BatchApp, Received, dict[TP, list[bytes]]], broker: EmbeddedBroker
+    running: tuple[BatchApp, Received, dict[TP, list[bytes]]], embedded_broker: EmbeddedBroker
 ) -> None:
     app, received, sent = running
     total = sum(len(values) for values in sent.values())
@@ -172,7 +175,7 @@ async def test_batch_agent_gets_whole_fetches_and_plain_agent_keeps_fausts_path(
     # The batch agent's own commits reached the group.
     assert received.commits
     assert all(received.commits)
-    committed = await committed_offsets(broker.bootstrap, app.conf.id, list(sent))
+    committed = await committed_offsets(embedded_broker.bootstrap, app.conf.id, list(sent))
     assert committed == {tp: PER_PARTITION for tp in sent}
 
 
@@ -189,7 +192,7 @@ async def test_consumer_uses_our_fetch_max_wait(running: tuple[BatchApp, Receive
 
 
 async def test_producer_idempotence_follows_the_app(
-    running: tuple[BatchApp, Received, Any], broker: EmbeddedBroker, tmp_path: Path
+    running: tuple[BatchApp, Received, Any], embedded_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     # The running app (idempotence=False) and its live aiokafka producer.
     app, _, _ = running
@@ -200,7 +203,7 @@ async def test_producer_idempotence_follows_the_app(
     assert producer._producer._txn_manager is None
 
     # An app that asks for idempotence (not started: the embedded broker lacks InitProducerId).
-    idempotent = new_app(broker, tmp_path, idempotence=True).producer
+    idempotent = new_app(embedded_broker, tmp_path, idempotence=True).producer
     assert isinstance(idempotent, BatchProducer)
     extra = idempotent._settings_extra()
     assert extra["enable_idempotence"] is True

@@ -20,10 +20,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_feed_sends_keyed_time_stamped_events(
-    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+    embedded_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    env = {"MM_KAFKA_BOOTSTRAP": broker.bootstrap, "MM_KAFKA_IDEMPOTENCE": "false", "MM_PARTITIONS": "2"}
+    env = {
+        "MM_KAFKA_BOOTSTRAP": embedded_broker.bootstrap,
+        "MM_KAFKA_IDEMPOTENCE": "false",
+        "MM_PARTITIONS": "2",
+    }
     for field in Settings.__struct_fields__:
         if field.startswith("topic_"):  # topics of this test's own
             env[f"MM_{field.upper()}"] = f"{field[len('topic_') :]}-{suffix}"

@@ -49,7 +49,7 @@ from harness import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from app.embedded import Broker, EmbeddedRedis, free_port
 from app.learning.config import MOMENT_NAMES
 from app.learning.labels import LabelledExample
 from app.settings import Settings
@@ -65,7 +65,7 @@ MODELS = (*MOMENT_NAMES, SEGMENTS)
 _examples = msgspec.msgpack.Decoder(LabelledExample)
 
 
-def learning_env(broker: EmbeddedBroker, redis: EmbeddedRedis, tmp_path: Path) -> dict[str, str]:
+def learning_env(broker: Broker, redis: EmbeddedRedis, tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "learning.toml"
     # The shipped configuration (policy included), with models deciding after a few outcomes,
     # and one moment published whatever its score: triggers to find the segment on, however
@@ -188,7 +188,7 @@ def demo_halves() -> tuple[int, list[bytes], list[bytes]]:
 
 
 def test_outcomes_are_learnt_once_by_one_learner_per_model_across_restarts_and_a_crash(
-    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     env = learning_env(broker, redis_server, tmp_path)
     settings = settings_of(env)
@@ -304,7 +304,7 @@ def wait_ready(port: int, workers: Workers) -> dict[str, Any]:
 
 
 def test_a_learner_process_learns_for_workers_that_only_score_and_stores_all_on_sigterm(
-    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     env = learning_env(broker, redis_server, tmp_path)
     settings = settings_of(env)

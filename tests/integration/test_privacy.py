@@ -57,7 +57,7 @@ from helpers import T0, ms, raw
 from app import cli
 from app.config import Catalogue, load_catalogue
 from app.confirmations import CONFIRMATION_TYPE
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 from app.learning.config import MOMENT_NAMES
 from app.policy import Policy
 from app.privacy import pseudonym, request_forget
@@ -139,7 +139,7 @@ def assert_log_names_none_of(worker: WorkerProcess, customers: set[str]) -> str:
 
 
 def test_consent_events_decide_who_gets_triggers(
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis_server: EmbeddedRedis,
     workers: Workers,
     tmp_path: Path,
@@ -189,7 +189,7 @@ def test_consent_events_decide_who_gets_triggers(
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 def test_deferred_triggers_survive_a_restart(
     stop: str,
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis_server: EmbeddedRedis,
     workers: Workers,
     tmp_path: Path,
@@ -302,7 +302,7 @@ def derivable(who: str) -> list[str]:
 
 
 def test_forget_erases_the_customer_from_redis(
-    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     shipped = Policy(load_catalogue().policy)
     # 10:00 UTC is 23:00 in Auckland: the store visit's trigger waits for the morning.

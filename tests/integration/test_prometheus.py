@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from harness import PSEUDONYM_KEY
 from promql import DEPLOY, ROOT, binary, grafana_to_promql
 
-from app.embedded import LOOPBACK, EmbeddedBroker, EmbeddedRedis, _Server, free_port
+from app.embedded import LOOPBACK, Broker, EmbeddedRedis, LocalServer, free_port
 from app.settings import Settings, load_settings
 from app.traffic import TrafficGenerator
 from app.worker.feed import new_producer, publish
@@ -50,7 +50,7 @@ RULES = DEPLOY / "prometheus" / "rules" / "micromoments.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "micromoments.json"
 
 
-class PrometheusServer(_Server):
+class PrometheusServer(LocalServer):
     """The real ``prometheus`` on a free loopback port, scraping ``targets`` every second."""
 
     name = "prometheus"
@@ -111,14 +111,13 @@ def http_status(url: str) -> int:
 
 
 @pytest.fixture
-def env(broker: EmbeddedBroker, redis_server: EmbeddedRedis) -> dict[str, str]:
+def env(broker: Broker, redis_server: EmbeddedRedis) -> dict[str, str]:
     suffix = f"prom-{uuid.uuid4().hex[:8]}"
     env = {
         "MM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "MM_REDIS_URL": redis_server.url,
         "MM_REDIS_PREFIX": f"mm-{suffix}",
         "MM_PSEUDONYM_KEY": PSEUDONYM_KEY,
-        "MM_KAFKA_IDEMPOTENCE": "false",
         "MM_KAFKA_SESSION_TIMEOUT": "3",
         "MM_PARTITIONS": str(PARTITIONS),
         "MM_GROUP_ID": f"mm-{suffix}",

@@ -35,7 +35,7 @@ from harness import (
     write_jsonl,
 )
 
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 
 
 @pytest.fixture
@@ -60,8 +60,9 @@ def stopped(worker: WorkerProcess) -> bool:
     return Path(f"/proc/{worker.process.pid}/stat").read_text().split(") ", 1)[1].startswith("T")
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
-    broker: EmbeddedBroker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    guarantee: str, broker: Broker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines = shop(20_000, 1_500, seed=21)
     # Half-way through, an event on which the first worker stops itself, its batch done and about
@@ -70,7 +71,7 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
     lines = with_ticks([*lines[: len(lines) // 2], orjson.dumps(middle), *lines[len(lines) // 2 :]])
     with planted():
         expected = replay(write_jsonl(tmp_path / "in.jsonl", lines), tmp_path)
-    env = isolated_env(broker, own_redis, "zombie", MM_BATCH_MAX="300")
+    env = isolated_env(broker, own_redis, "zombie", MM_BATCH_MAX="300", MM_PROCESSING_GUARANTEE=guarantee)
     settings = settings_of(env)
     run(create_topics(settings))
     run(produce(settings, lines))
@@ -99,10 +100,13 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
     assert not report.extra
     assert not report.changed, "a trigger published twice carries the same bytes"
     assert report.dead == report.dead_expected, "and nothing dead-lettered that replay applies"
+    if guarantee == "exactly_once":
+        # Its producer fenced too: nothing of what it sent awake is read committed.
+        assert report.duplicated == 0, str(report)
 
 
 def test_a_batch_retrying_while_redis_hangs_gives_its_partitions_up_at_once(
-    broker: EmbeddedBroker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker, own_redis: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
     lines = with_ticks(shop(8_000, 600, seed=22))
     expected = replay(write_jsonl(tmp_path / "in.jsonl", lines), tmp_path)

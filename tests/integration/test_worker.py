@@ -61,7 +61,7 @@ from helpers import ms, raw
 
 from app.config import load_catalogue
 from app.decoding import MAX_EVENT_BYTES
-from app.embedded import EmbeddedBroker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis
 from app.traffic import TrafficGenerator
 from app.triggers import CONTENT_TYPE
 from app.worker.datadir import ROOT_NAME
@@ -82,7 +82,7 @@ def assert_triggers_as_published(records: list[Any]) -> None:
 
 
 def stream_through_worker(
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis: EmbeddedRedis,
     workers: Workers,
     name: str,
@@ -115,10 +115,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], Replaye
 
 
 def test_demo_day_gives_replays_triggers(
-    demo: tuple[list[bytes], Replayed], broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers
+    demo: tuple[list[bytes], Replayed], each_broker: Broker, redis_server: EmbeddedRedis, workers: Workers
 ) -> None:
     lines, expected = demo
-    records, _ = stream_through_worker(broker, redis_server, workers, "demo", lines)
+    records, _ = stream_through_worker(each_broker, redis_server, workers, "demo", lines)
     assert_same_triggers([r.value for r in records], expected.triggers)
     assert_triggers_as_published(records)
     moments = Counter(orjson.loads(t)["data"]["moment"] for t in expected.triggers)
@@ -183,7 +183,7 @@ class ScenarioRun:
 
 @pytest.fixture(scope="module")
 def scenario_run(
-    broker: EmbeddedBroker, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+    broker: Broker, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ScenarioRun]:
     directory = tmp_path_factory.mktemp("scenarios")
     env = isolated_env(
@@ -289,8 +289,9 @@ def dead_letter_input() -> tuple[list[bytes], dict[int, str]]:
 
 
 def test_dead_letters(
-    broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+    each_broker: Broker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
 ) -> None:
+    broker = each_broker
     lines, reasons = dead_letter_input()
     expected = replay(write_jsonl(tmp_path / "input.jsonl", lines), tmp_path, DETECTION_ONLY)
     # Replay rejects the same lines for the same reasons (its line numbers count from 1).
@@ -348,7 +349,7 @@ def unkeyed(fields: dict[str, Any] | None, line: bytes) -> tuple[bytes | None, i
 
 
 def test_unkeyed_events_are_repartitioned(
-    demo: tuple[list[bytes], Replayed], broker: EmbeddedBroker, redis_server: EmbeddedRedis, workers: Workers
+    demo: tuple[list[bytes], Replayed], broker: Broker, redis_server: EmbeddedRedis, workers: Workers
 ) -> None:
     lines, expected = demo
     records, env = stream_through_worker(broker, redis_server, workers, "repartition", lines, key=unkeyed)
@@ -398,7 +399,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Big:
 def test_restart_loses_no_trigger(
     stop: str,
     big: Big,
-    broker: EmbeddedBroker,
+    broker: Broker,
     redis_server: EmbeddedRedis,
     workers: Workers,
 ) -> None:
