@@ -195,8 +195,8 @@ class ApacheKafka(LocalServer):
         command = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            _cluster_id(),
+            # One argument: an id may start with "-", which would read as an option.
+            f"--cluster-id={_cluster_id()}",
             "--config",
             str(self._home / "server.properties"),
             *scram,
