@@ -244,9 +244,13 @@ class EmbeddedRedis(LocalServer):
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, *, appendfsync: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendfsync: str | None = None, cluster_port: int | None = None
+    ) -> None:
         super().__init__(port)
         self.appendfsync = appendfsync
+        # A node of a Redis Cluster, its cluster bus on this port (see EmbeddedRedisCluster).
+        self.cluster_port = cluster_port
         self._dir = tempfile.TemporaryDirectory(prefix="micromoments-redis-")
 
     @staticmethod
@@ -278,6 +282,21 @@ class EmbeddedRedis(LocalServer):
             self._dir.name,
             "--protected-mode",
             "yes",
+            *(
+                []
+                if self.cluster_port is None
+                else [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(self.cluster_port),
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    # A primary that stops answering is replaced by its replica after this long.
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+            ),
         ]
 
     def __exit__(
@@ -285,3 +304,102 @@ class EmbeddedRedis(LocalServer):
     ) -> None:
         super().__exit__(exc_type, exc, tb)
         self._dir.cleanup()
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster on loopback: ``primaries`` primaries, each with one replica, every write in its
+    node's append-only file before it is acknowledged.
+
+    Its :attr:`url` (``redis+cluster://`` and every node) is what ``MM_REDIS_URL`` takes.
+    """
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.nodes = [
+            EmbeddedRedis(appendfsync="always", cluster_port=free_port()) for _ in range(2 * primaries)
+        ]
+        self.replicas = 1
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{node.port}" for node in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ServerUnavailable("redis-cli is not on PATH (it comes with redis-server: redis-tools)")
+        created = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"{LOOPBACK}:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until every running node says the cluster is ok (all slots served, by nodes that agree)
+        and every running replica is in sync with its primary."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = [node for node in self.nodes if node.running]
+            if all(
+                self._info(node, "CLUSTER", "INFO").get("cluster_state") == "ok" for node in running
+            ) and all(
+                self._info(node, "INFO", "replication").get("master_link_status", "up") == "up"
+                for node in running
+            ):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the Redis Cluster did not become healthy within {timeout} s")
+
+    def primaries(self) -> list[EmbeddedRedis]:
+        """The nodes that are primaries now (a failover changes them)."""
+        return [node for node in self.nodes if node.running and self._role(node) == "master"]
+
+    def _role(self, node: EmbeddedRedis) -> str:
+        return self._cli(node, "ROLE").split("\n", 1)[0].strip()
+
+    def _info(self, node: EmbeddedRedis, *command: str) -> dict[str, str]:
+        lines = self._cli(node, *command).splitlines()
+        return dict(line.strip().split(":", 1) for line in lines if ":" in line)
+
+    @staticmethod
+    def _cli(node: EmbeddedRedis, *command: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-h", LOOPBACK, "-p", str(node.port), *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return done.stdout
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for node in self.nodes:
+            node.__exit__(exc_type, exc, tb)

@@ -301,7 +301,7 @@ class Pipeline:
         restored is then saved again, as it was restored.
         """
         streams = list(customers)
-        loaded = await self.store.load(set().union(*customers.values()))
+        loaded = await self.store.load(customers)
         errors: list[Exception] = []
         probed = False
         while True:

@@ -89,7 +89,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # --- Redis ----------------------------------------------------------------------------
     # redis://[:password@]host:port/db, rediss:// for TLS (certificates via query
-    # parameters such as ?ssl_ca_certs=/path/ca.pem), or unix:///path/redis.sock.
+    # parameters such as ?ssl_ca_certs=/path/ca.pem), or unix:///path/redis.sock. A Redis
+    # Cluster: redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster://
+    # for TLS), any of its nodes.
     redis_url: str = "redis://localhost:6379/0"
     redis_prefix: str = "mm"
     # Secret (at least 32 bytes) naming customers where what is kept must outlive them: Redis
@@ -104,6 +106,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds a Redis call may take before it fails and its batch is retried: a Redis that
     # hangs (paused, partitioned away) must not hold a batch, or a rebalance, for ever.
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=300.0)] = 10.0
+    # Replicas each save must reach (Redis WAIT) before the batch counts as saved: with 1, a
+    # primary that dies is replaced by a replica that has every save acknowledged (the
+    # setting for a Redis Cluster or a primary with a replica). Fewer within half of
+    # redis_timeout_s: the batch is retried.
+    redis_min_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
 
     # --- Processing -----------------------------------------------------------------------
     # Most records one fetch hands to the detector: bounds a batch's time and memory.

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.apache_kafka import ApacheKafka, install
-from app.embedded import Broker, EmbeddedBroker, EmbeddedRedis, ServerUnavailable
+from app.embedded import Broker, EmbeddedBroker, EmbeddedRedis, EmbeddedRedisCluster, ServerUnavailable
 
 
 def _missing(reason: str) -> None:
@@ -35,6 +35,27 @@ def redis_server() -> Iterator[EmbeddedRedis]:
         _missing(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_server: EmbeddedRedis) -> Iterator[EmbeddedRedisCluster]:
+    """A Redis Cluster of three primaries and three replicas (``redis_server`` first: a machine
+    without redis-server skips, or fails with CI=true, as for every Redis test)."""
+    try:
+        cluster = EmbeddedRedisCluster()
+    except ServerUnavailable as exc:
+        _missing(str(exc))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def each_redis(request: pytest.FixtureRequest) -> EmbeddedRedis | EmbeddedRedisCluster:
+    """A test taking it runs on one Redis, then on a Redis Cluster."""
+    return cast(
+        "EmbeddedRedis | EmbeddedRedisCluster",
+        request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster"),
+    )
 
 
 @pytest.fixture

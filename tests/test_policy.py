@@ -736,7 +736,7 @@ def test_deferrals_survive_a_restart() -> None:
         return batch.detections, deadlines
 
     asyncio.run(first_run())
-    (stored,) = asyncio.run(store.load({"c1"})).values()
+    (stored,) = asyncio.run(store.load({"p0": {"c1"}})).values()
     assert [d.release_at for d in stored.state.deferred] == [RELEASE]
     released, deadlines = asyncio.run(after_restart())
     assert deadlines.keys() == {"c1"}
@@ -872,11 +872,11 @@ def test_forget_through_the_pipeline_leaves_nothing_in_the_store() -> None:
             }
         )
         await pipeline.commit(batch)
-        assert (await store.load({"c1"})).keys() == {"c1"}
+        assert (await store.load({"p0": {"c1"}})).keys() == {"c1"}
         assert (await store.checkpoint("p0")).deadlines.keys() == {"c1"}
         batch = await pipeline.run({"p0": [request, granted("11h55m", customer="c2")]})
         await pipeline.commit(batch)
-        return batch.forgotten, await store.load({"c1"}), (await store.checkpoint("p0")).deadlines
+        return batch.forgotten, await store.load({"p0": {"c1"}}), (await store.checkpoint("p0")).deadlines
 
     forgotten, left, deadlines = asyncio.run(run())
     assert forgotten == [request]
@@ -900,7 +900,7 @@ def test_a_customer_back_in_the_same_batch_is_saved_as_new() -> None:
         batch = await pipeline.run({"p0": [_forget("3m"), fire("price_comparison", "4m")]})
         assert [d.moment for d in batch.detections] == ["price_comparison"]  # the revocation is gone
         await pipeline.commit(batch)
-        return await store.load({"c1"})
+        return await store.load({"p0": {"c1"}})
 
     (stored,) = asyncio.run(run()).values()
     assert stored.version == 3  # saved at 1, erased at 2 (a tombstone), saved again over it at 3

@@ -84,7 +84,7 @@ async def test_replay_keeps_its_states_in_the_store_it_is_given_even_an_empty_on
     path = write_lines(tmp_path / "s.jsonl", [orjson.dumps(raw("page_view", "0s", customer="c1"))])
     store = MemoryStateStore()
     await replay([path], DEFAULTS, out=io.BytesIO(), on_problem=pytest.fail, show_progress=False, store=store)
-    assert set(await store.load(["c1"])) == {"c1"}
+    assert set(await store.load({"replay": ["c1"]})) == {"c1"}
 
 
 # the command line

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from app.config import load_catalogue
 from app.privacy import pseudonym
 from app.replay import replay
 from app.state.codec import SCHEMA, encode_state
 from app.state.memory import MemoryStateStore
-from app.state.redis import MIN_TTL_MS, RedisStateStore
+from app.state.redis import MIN_TTL_MS, RedisStateStore, ReplicationError
 from app.state.store import (
     Checkpoint,
     ConflictError,
@@ -31,17 +33,32 @@ DEMO = Path(__file__).parent.parent / "fixtures" / "demo" / "day.jsonl"
 DETECTION_ONLY = Path(__file__).parent.parent / "fixtures" / "scenarios" / "detection-only.toml"
 
 
-@pytest.fixture(params=["memory", "memory-shared", "redis"])
+@pytest.fixture(params=["memory", "memory-shared", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param.startswith("memory"):
         # Sharing only one object: both kinds of stored state are exercised.
         yield MemoryStateStore(shared=1 if request.param == "memory-shared" else 0)
+        return
+    if request.param == "redis-cluster":
+        on_cluster = cluster_store(request)
+        yield await on_cluster.__anext__()
+        await on_cluster.aclose()
         return
     server = request.getfixturevalue("redis_server")
     client = aioredis.Redis.from_url(server.url)
     await client.flushdb()
     yield RedisStateStore(client)
     await client.aclose()
+
+
+async def cluster_store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStateStore]:
+    """A store on the session's Redis Cluster, emptied (every primary flushed), closed afterwards."""
+    store = RedisStateStore.from_url(request.getfixturevalue("redis_cluster").url)
+    await store.client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def rich_state(customer: str = "c1") -> CustomerState:
@@ -73,14 +90,14 @@ def write(state: CustomerState, version: int = 0, expires_at: int = 10_000_000) 
 
 
 async def test_unknown_customers_are_absent(store: StateStore) -> None:
-    assert await store.load(["nobody", "nobody-else"]) == {}
-    assert await store.load([]) == {}
+    assert await store.load({"p0": ["nobody", "nobody-else"]}) == {}
+    assert await store.load({"p0": []}) == {}
 
 
 async def test_saved_state_round_trips_with_a_new_version(store: StateStore) -> None:
     state = rich_state()
     await store.save([StreamSave("p0", [write(state)], 4_000, {})])
-    loaded = await store.load(["c1", "c2"])
+    loaded = await store.load({"p0": ["c1", "c2"]})
     assert list(loaded) == ["c1"]
     assert loaded["c1"].version == 1
     assert encode_state(loaded["c1"].state) == encode_state(state)
@@ -89,7 +106,7 @@ async def test_saved_state_round_trips_with_a_new_version(store: StateStore) -> 
 async def test_each_save_increments_the_version(store: StateStore) -> None:
     await store.save([StreamSave("p0", [write(rich_state())], 4_000, {})])
     await store.save([StreamSave("p0", [write(rich_state(), version=1)], 4_000, {})])
-    assert (await store.load(["c1"]))["c1"].version == 2
+    assert (await store.load({"p0": ["c1"]}))["c1"].version == 2
 
 
 async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(store: StateStore) -> None:
@@ -102,7 +119,7 @@ async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(st
             [StreamSave("p0", [write(rich_state("c2")), write(changed, version=0)], 9_999, {"c2": 5_000})]
         )
     assert refused.value.customers == {"c1"}
-    loaded = await store.load(["c1", "c2"])
+    loaded = await store.load({"p0": ["c1", "c2"]})
     assert list(loaded) == ["c1"]
     assert loaded["c1"].state.last_ts == 4_000
     checkpoint = await store.checkpoint("p0")
@@ -117,8 +134,8 @@ async def test_a_write_expecting_a_state_that_is_gone_is_refused(store: StateSto
 
 async def test_two_writers_from_the_same_version_only_the_first_wins(store: StateStore) -> None:
     await store.save([StreamSave("p0", [write(rich_state())], 4_000, {})])
-    first = (await store.load(["c1"]))["c1"]
-    second = (await store.load(["c1"]))["c1"]
+    first = (await store.load({"p0": ["c1"]}))["c1"]
+    second = (await store.load({"p0": ["c1"]}))["c1"]
     await store.save([StreamSave("p0", [write(first.state, first.version)], 4_000, {})])
     with pytest.raises(ConflictError):
         await store.save([StreamSave("p1", [write(second.state, second.version)], 4_000, {})])
@@ -153,7 +170,7 @@ async def test_checkpoints_keep_each_sources_position_a_refused_save_moves_none(
     assert (await store.checkpoint("p0")).positions == {"clicks": 17, "orders": 3}
 
 
-async def test_one_save_spans_streams_and_is_all_or_nothing(store: StateStore) -> None:
+async def test_one_save_spans_streams_and_is_all_or_nothing_for_each(store: StateStore) -> None:
     await store.save(
         [
             StreamSave("p0", [write(rich_state("c1"))], 4_000, {"c1": 9_000}),
@@ -169,8 +186,15 @@ async def test_one_save_spans_streams_and_is_all_or_nothing(store: StateStore) -
                 StreamSave("p1", [write(rich_state("c2"), version=0)], 6_000, {}),
             ]
         )
-    assert list(await store.load(["c1", "c2", "c3"])) == ["c1", "c2"]
-    assert (await store.checkpoint("p0")).clock == 4_000
+    # p1's save was refused, with nothing of it written. On one Redis (and in memory) p0's went
+    # with it; on a cluster each stream's save is atomic on its own (its keys share a slot) and
+    # p0's went through: its states and checkpoint agree, which is what correctness rests on.
+    on_cluster = getattr(store, "cluster", False)
+    assert list(await store.load({"p0": ["c1", "c3"], "p1": ["c2"]})) == (
+        ["c1", "c3", "c2"] if on_cluster else ["c1", "c2"]
+    )
+    assert (await store.checkpoint("p0")).clock == (6_000 if on_cluster else 4_000)
+    assert (await store.checkpoint("p1")).clock == 5_000
 
 
 async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> None:
@@ -186,7 +210,7 @@ async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> 
     )
     await store.save([StreamSave("p1", [], 4_000, {"c1": 2_000_000})])
     assert await store.forget("c1") is True
-    loaded = await store.load(["c1", "c2"])
+    loaded = await store.load({"p0": ["c1", "c2"]})
     # A tombstone: nothing of the customer, at a version a write loaded before cannot pass.
     assert loaded["c1"].state == CustomerState(customer_id="c1")
     assert loaded["c1"].version == 2
@@ -271,9 +295,9 @@ async def test_memory_store_drops_idle_customers_once_event_time_passes_their_ex
         ]
     )
     await store.save([StreamSave("p0", [], 10_000, {})])
-    assert list(await store.load(["c1", "c2"])) == ["c1", "c2"]  # its last useful instant
+    assert list(await store.load({"p0": ["c1", "c2"]})) == ["c1", "c2"]  # its last useful instant
     await store.save([StreamSave("p0", [], 10_001, {})])
-    assert list(await store.load(["c1", "c2"])) == ["c2"]
+    assert list(await store.load({"p0": ["c1", "c2"]})) == ["c2"]
     assert len(store) == 1
 
 
@@ -292,11 +316,11 @@ async def test_redis_keys_expire_when_the_state_is_of_no_further_use(redis_clien
             )
         ]
     )
-    assert 47.9 * 3_600_000 < await redis_client.pttl(store.state_key("c1")) <= 48 * 3_600_000
+    assert 47.9 * 3_600_000 < await redis_client.pttl(store.state_key("c1", "p0")) <= 48 * 3_600_000
     # Of no use in event time, but kept a day of wall-clock time: an outage, or a group stopped
     # for hours, must not drop what event time will still need when it resumes.
     assert MIN_TTL_MS == 24 * 3_600_000
-    assert MIN_TTL_MS - 10_000 < await redis_client.pttl(store.state_key("c2")) <= MIN_TTL_MS
+    assert MIN_TTL_MS - 10_000 < await redis_client.pttl(store.state_key("c2", "p0")) <= MIN_TTL_MS
 
 
 async def test_redis_keys_carry_the_customers_pseudonym_as_hash_tag(redis_client: aioredis.Redis) -> None:
@@ -322,10 +346,10 @@ async def test_a_state_changed_but_not_saved_leaves_the_store_as_it_was(store: S
     # What lets the worker redo a batch that failed after changing its states. The shared
     # memory store is for replay, which never does: its loads are the stored objects.
     await store.save([StreamSave("p0", [write(rich_state())], None, {})])
-    loaded = (await store.load(["c1"]))["c1"].state
+    loaded = (await store.load({"p0": ["c1"]}))["c1"].state
     loaded.entries.clear()
     loaded.cooldowns["review_seeking"] = 5_000
-    again = (await store.load(["c1"]))["c1"].state
+    again = (await store.load({"p0": ["c1"]}))["c1"].state
     shared = isinstance(store, MemoryStateStore) and store.shared > 0
     assert (again == loaded) is shared
     assert (again == rich_state()) is not shared
@@ -337,7 +361,7 @@ async def test_a_shared_memory_store_serialises_all_but_the_latest_saved_states(
         await store.save([StreamSave("p0", [write(rich_state(customer), version=n // 3)], None, {})])
     kept = {customer: isinstance(stored[0], CustomerState) for customer, stored in store._blobs.items()}
     assert kept == {"c1": True, "c2": False, "c3": True}
-    loaded = await store.load(["c1", "c2", "c3"])
+    loaded = await store.load({"p0": ["c1", "c2", "c3"]})
     assert {customer: v.state for customer, v in loaded.items()} == {c: rich_state(c) for c in kept}
     assert {customer: v.version for customer, v in loaded.items()} == {"c1": 2, "c2": 1, "c3": 1}
 
@@ -345,11 +369,16 @@ async def test_a_shared_memory_store_serialises_all_but_the_latest_saved_states(
 # --- exactly once: undoing a save whose transaction did not commit -------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def undoing_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     """The stores a worker saves with an undo in: Redis, or serialised memory (never replay's)."""
     if request.param == "memory":
         yield MemoryStateStore()
+        return
+    if request.param == "redis-cluster":
+        on_cluster = cluster_store(request)
+        yield await on_cluster.__anext__()
+        await on_cluster.aclose()
         return
     server = request.getfixturevalue("redis_server")
     client = aioredis.Redis.from_url(server.url)
@@ -380,7 +409,7 @@ async def test_a_save_whose_input_was_not_committed_is_undone(undoing_store: Sta
     store = undoing_store
     epoch = await store.claim("p0")
     await committed_batch(store, epoch)
-    before = (await store.load(["c1", "c2", "c3"]), await store.checkpoint("p0"))
+    before = (await store.load({"p0": ["c1", "c2", "c3"]}), await store.checkpoint("p0"))
     changed = rich_state("c1")
     changed.cooldowns["frustration"] = 3_000
     # The next batch: c1 changed, c2 forgotten, c3 back, c4 new; the clock, deadlines and
@@ -403,7 +432,7 @@ async def test_a_save_whose_input_was_not_committed_is_undone(undoing_store: Sta
     # Whoever claims the stream next learns from Kafka that clicks stand at 10, search at none.
     epoch = await store.claim("p0")
     assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.ROLLED_BACK
-    after = (await store.load(["c1", "c2", "c3", "c4"]), await store.checkpoint("p0"))
+    after = (await store.load({"p0": ["c1", "c2", "c3", "c4"]}), await store.checkpoint("p0"))
     assert after == before
     # Done once: the undo is gone with it.
     assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.CONSISTENT
@@ -422,10 +451,10 @@ async def test_a_save_whose_input_was_committed_stays(undoing_store: StateStore)
     )
     epoch = await store.claim("p0")
     assert await store.reconcile("p0", epoch, {"clicks": 12, "search": None}) is Reconciled.CONSISTENT
-    assert "c5" in await store.load(["c5"])
+    assert "c5" in await store.load({"p0": ["c5"]})
     # The undo went with the consistent reconcile: Kafka at 10 now means the store is ahead.
     assert await store.reconcile("p0", epoch, {"clicks": 10, "search": None}) is Reconciled.AHEAD
-    assert "c5" in await store.load(["c5"])
+    assert "c5" in await store.load({"p0": ["c5"]})
 
 
 async def test_without_an_undo_a_store_ahead_or_behind_is_said_so_and_left_alone(
@@ -456,7 +485,7 @@ async def test_an_undo_that_does_not_match_the_committed_input_is_not_applied(
         ]
     )
     assert await store.reconcile("p0", epoch, {"clicks": 7}) is Reconciled.AHEAD
-    assert "c5" in await store.load(["c5"])
+    assert "c5" in await store.load({"p0": ["c5"]})
 
 
 async def test_reconciling_a_stream_claimed_since_is_refused(undoing_store: StateStore) -> None:
@@ -480,10 +509,10 @@ async def test_a_later_claim_fences_the_earlier_writer_out_states_and_checkpoint
     with pytest.raises(ConflictError) as refused:
         await store.save([StreamSave("p0", [write(stale)], 1_000, {"c1": None}, epoch=first)])
     assert refused.value.streams == {"p0"}
-    assert list(await store.load(["c1", "c2"])) == ["c1"]
+    assert list(await store.load({"p0": ["c1", "c2"]})) == ["c1"]
     assert await store.checkpoint("p0") == Checkpoint(4_000, {"c1": 9_000}, [])
     await store.save([StreamSave("p0", [write(stale)], 5_000, {}, epoch=second)])
-    assert list(await store.load(["c1", "c2"])) == ["c1", "c2"]
+    assert list(await store.load({"p0": ["c1", "c2"]})) == ["c1", "c2"]
 
 
 async def test_versions_only_grow_so_a_write_loaded_before_an_erasure_is_refused(store: StateStore) -> None:
@@ -498,7 +527,7 @@ async def test_versions_only_grow_so_a_write_loaded_before_an_erasure_is_refused
     await store.save(
         [StreamSave("p0", [write(rich_state("c1"), version=3)], 4_000, {}, erase=[Erasure("c1", 2)])]
     )
-    assert (await store.load(["c1"]))["c1"].version == 4
+    assert (await store.load({"p0": ["c1"]}))["c1"].version == 4
 
 
 def _v1_states() -> dict[str, bytes]:
@@ -513,8 +542,8 @@ async def test_states_written_before_schema_versions_are_read(redis_client: aior
     assert all(blob[0] in (0x8E, 0xDE) for blob in old.values()), "schema 1: a bare MessagePack map"
     store = RedisStateStore(redis_client)
     for customer, blob in old.items():
-        await redis_client.set(store.state_key(customer), (7).to_bytes(8, "big") + blob)
-    loaded = await store.load(list(old))
+        await redis_client.set(store.state_key(customer, "p0"), (7).to_bytes(8, "big") + blob)
+    loaded = await store.load({"p0": list(old)})
     assert loaded.keys() == old.keys()
     for customer, versioned in loaded.items():
         assert versioned.version == 7
@@ -526,9 +555,9 @@ async def test_states_written_before_schema_versions_are_read(redis_client: aior
     assert any(v.state.orders for v in loaded.values())
     assert any(v.state.consent for v in loaded.values())
     await store.save([StreamSave("p0", [write(v.state, 7) for v in loaded.values()], 4_000, {})])
-    again = await store.load(list(old))
+    again = await store.load({"p0": list(old)})
     assert [encode_state(v.state) for v in again.values()] == [encode_state(v.state) for v in loaded.values()]
-    stored = await redis_client.mget([store.state_key(c) for c in old])
+    stored = await redis_client.mget([store.state_key(c, "p0") for c in old])
     assert all(value[8] == SCHEMA for value in stored), "written back in the current schema"
 
 
@@ -536,10 +565,36 @@ async def test_a_state_of_an_unknown_schema_starts_the_customer_afresh_without_f
     redis_client: aioredis.Redis,
 ) -> None:
     store = RedisStateStore(redis_client)
-    await redis_client.set(store.state_key("c1"), (4).to_bytes(8, "big") + bytes([99]) + b"from the future")
-    await redis_client.set(store.state_key("c2"), (4).to_bytes(8, "big") + b"\x02\xde\x00\x01\xa7entries\x05")
-    loaded = await store.load(["c1", "c2"])
+    version = (4).to_bytes(8, "big")
+    await redis_client.set(store.state_key("c1", "p0"), version + bytes([99]) + b"from the future")
+    await redis_client.set(store.state_key("c2", "p0"), version + b"\x02\xde\x00\x01\xa7entries\x05")
+    loaded = await store.load({"p0": ["c1", "c2"]})
     for customer in ("c1", "c2"):
         assert loaded[customer].unreadable
         assert loaded[customer].state == CustomerState(customer_id=customer)
         assert loaded[customer].version == 4  # what a save of the fresh state expects
+
+
+# --- replicas ----------------------------------------------------------------------------------------
+
+
+async def test_with_replicas_required_a_save_returns_once_a_replica_has_it(redis_cluster: Any) -> None:
+    store = RedisStateStore.from_url(redis_cluster.url, min_replicas=1)
+    try:
+        await store.client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+        epoch = await store.claim("p3")
+        await store.save([StreamSave("p3", [write(rich_state("c1"))], 4_000, {"c1": 9_000}, epoch=epoch)])
+        assert list(await store.load({"p3": ["c1"]})) == ["c1"]
+        # A node that has not seen the script (a replica promoted since) gets it on the way.
+        await store.client.script_flush()
+        await store.save([StreamSave("p3", [write(rich_state("c2"))], 4_000, {}, epoch=epoch)])
+        assert list(await store.load({"p3": ["c1", "c2"]})) == ["c1", "c2"]
+    finally:
+        await store.close()
+
+
+async def test_a_save_no_replica_took_in_time_fails_to_be_retried(redis_client: aioredis.Redis) -> None:
+    # One Redis, no replica: the save is done on the primary, but it could be lost in a failover.
+    store = RedisStateStore(redis_client, min_replicas=1, replica_timeout_ms=50)
+    with pytest.raises(ReplicationError):
+        await store.save([StreamSave("p0", [write(rich_state("c1"))], 4_000, {})])

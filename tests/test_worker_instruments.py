@@ -153,7 +153,7 @@ async def test_metered_store_times_calls_and_counts_errors() -> None:
     metrics = WorkerMetrics(runtime=False)
     registry = metrics.registry
     store = MeteredStore(MemoryStateStore(), metrics)
-    assert await store.load(["c1"]) == {}
+    assert await store.load({"p0": ["c1"]}) == {}
     assert (await store.checkpoint("p0")).clock is None
     await store.ping()  # in memory: always there
     assert value(registry, "micromoments_redis_request_duration_seconds_count", operation="load") == 1

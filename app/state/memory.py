@@ -64,9 +64,9 @@ class MemoryStateStore:
     def __len__(self) -> int:
         return len(self._blobs)
 
-    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
+    async def load(self, customers: Mapping[str, Collection[str]]) -> dict[str, Versioned]:
         found = {}
-        for customer in customers:
+        for customer in (c for some in customers.values() for c in some):
             stored = self._blobs.get(customer)
             if stored is None:
                 continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from app.learning.snapshot import HEADER_BYTES, SnapshotError, dumps, loads, version_of
 
@@ -69,7 +70,7 @@ class Learnt:
 
 
 class ModelStore:
-    def __init__(self, client: aioredis.Redis, key: bytes, *, prefix: str = "mm") -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, key: bytes, *, prefix: str = "mm") -> None:
         self.client = client
         self.prefix = prefix
         self._key = key

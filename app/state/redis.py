@@ -3,7 +3,8 @@
 Layout (every key carries a hash tag, so a Redis Cluster keeps each customer's,
 and each stream's, keys together):
 
-- ``{prefix}:s:{<pseudonym>}`` — string: an 8-byte big-endian version, then the
+- ``{prefix}:s:{<pseudonym>}`` (on a Redis Cluster ``{prefix}:{<stream>}:s:<pseudonym>``, in
+  its stream's slot) — string: an 8-byte big-endian version, then the
   state (``app.state.codec``: a schema byte and MessagePack). Loading a batch is
   one ``MGET``. The key expires (``PX``) when the state is of no further use in
   event time, but never sooner than ``min_ttl_ms`` of wall-clock time (24 hours by
@@ -25,17 +26,23 @@ Saving a batch is one Lua script call: it checks every state's version and
 every stream's epoch first and writes nothing if any differs (a zombie worker
 after a rebalance cannot overwrite the new owner's work, states or
 checkpoints), then erases (tombstones), writes the states, the clocks and the
-deadline changes. The script's keys span many hash slots, so it needs a single
-Redis node (standalone, or Sentinel/replicated).
+deadline changes. On one Redis the call covers every stream of the batch. On a
+Redis Cluster a stream's keys share its slot, and the batch is one call per
+stream, all sent at once: each stream's save is all or nothing, which is what
+recovery needs, since each records the input positions it reflects (see the
+README, "What is atomic").
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
 from app.privacy import pseudonym
 from app.state.codec import UnreadableState, decode_state, encode_state
@@ -55,7 +62,7 @@ MIN_TTL_MS: Final = 24 * 3_600_000
 
 _SAVE = """
 -- KEYS: n state keys, m state keys to erase, then per stream: clock, deadlines, epoch,
---       positions and undo keys, then the streams set
+--       positions and undo keys, then the streams set (unless it is kept apart: a cluster)
 -- ARGV: n, m, stream count, tombstone ttl ms, undo ('1': keep one), then per state: expected
 --       version (8 bytes), value, ttl ms, stream index; per erasure: expected version, tombstone
 --       (the next version), stream index; then per stream: name, epoch ('0': unchecked), clock,
@@ -123,7 +130,7 @@ arg = streams_arg
 local streams_key = KEYS[n + m + streams * 5 + 1]
 for s = 0, streams - 1 do
   local clock_key, deadlines_key, positions_key = stream_key(s, 1), stream_key(s, 2), stream_key(s, 4)
-  redis.call('SADD', streams_key, ARGV[arg])
+  if streams_key then redis.call('SADD', streams_key, ARGV[arg]) end
   keep(s, 'clock', redis.call('GET', clock_key) or '')
   if ARGV[arg + 2] ~= '' then redis.call('SET', clock_key, ARGV[arg + 2]) end
   local count, positions = tonumber(ARGV[arg + 3]), tonumber(ARGV[arg + 4])
@@ -199,8 +206,8 @@ return 1
 """
 
 _FORGET = """
--- KEYS[1]: the state key; KEYS[2]: the streams set.
--- ARGV[1]: tombstone ttl ms, ARGV[2]: key prefix, ARGV[3]: the customer id (deadlines' member)
+-- KEYS[1]: the state key; then the deadline sets to take the customer out of.
+-- ARGV[1]: tombstone ttl ms, ARGV[2]: the customer id (the deadline sets' member)
 local held = redis.call('GETRANGE', KEYS[1], 0, -1)
 local version = 0
 if #held >= 8 then
@@ -214,28 +221,80 @@ for i = 8, 1, -1 do
 end
 redis.call('SET', KEYS[1], tombstone, 'PX', ARGV[1])
 local removed = 0
-local customer = ARGV[3]
-for _, stream in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  removed = removed + redis.call('ZREM', ARGV[2] .. ':deadlines:{' .. stream .. '}', customer)
+for i = 2, #KEYS do
+  removed = removed + redis.call('ZREM', KEYS[i], ARGV[2])
 end
 if #held > 8 or removed > 0 then return 1 end
 return 0
 """
 
 
+class ReplicationError(RedisError):
+    """A save did not reach its replicas in time: it may be lost in a failover, so it is retried."""
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis | RedisCluster:
+    """A client for ``url``: ``redis://``, ``rediss://`` (TLS) or ``unix://`` for one Redis; for a
+    Redis Cluster, ``redis+cluster://`` (``rediss+cluster://``) and any of its nodes, comma-separated
+    (``redis+cluster://user:password@host1:port1,host2:port2``); the client finds the rest."""
+    scheme, _, rest = url.partition("://")
+    if not scheme.endswith("+cluster"):
+        return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    credentials, _, hosts = rest.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for host in hosts.split("/", 1)[0].split(","):
+        name, _, port = host.strip().rpartition(":")
+        nodes.append(ClusterNode(name, int(port or 6379)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=username or None,
+        password=password or None,
+        ssl=scheme == "rediss+cluster",
+        decode_responses=False,
+        **options,
+    )
+
+
 class RedisStateStore:
+    """The state store on Redis: one node (or a primary with replicas), or a Redis Cluster.
+
+    Parameters
+    ----------
+    client
+        A client of one Redis, or of a Redis Cluster (see :func:`connect`).
+    prefix
+        The start of every key.
+    min_ttl_ms
+        The least wall-clock time a state (or a tombstone) is kept.
+    pseudonym_key
+        The secret customers are named with in keys (:func:`app.privacy.pseudonym`).
+    min_replicas
+        Replicas a save must reach (``WAIT``) before it is done; fewer within
+        ``replica_timeout_ms`` raise :class:`ReplicationError`.
+    replica_timeout_ms
+        How long a save waits for its replicas.
+    """
+
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "mm",
         min_ttl_ms: int = MIN_TTL_MS,
         pseudonym_key: bytes = b"",
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 10_000,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.min_ttl_ms = min_ttl_ms
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._pseudonym_key = pseudonym_key
+        # On a cluster, everything of a stream shares its hash slot, states included; a save is
+        # one script per stream.
+        self.cluster = isinstance(client, RedisCluster)
         self._save = client.register_script(_SAVE)
         self._forget = client.register_script(_FORGET)
         self._reconcile = client.register_script(_RECONCILE)
@@ -248,14 +307,25 @@ class RedisStateStore:
         prefix: str = "mm",
         min_ttl_ms: int = MIN_TTL_MS,
         pseudonym_key: bytes = b"",
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 10_000,
         **options: Any,
     ) -> RedisStateStore:
-        """``redis://``, ``rediss://`` (TLS) or ``unix://``; password and TLS settings go in the URL."""
-        client = aioredis.Redis.from_url(url, decode_responses=False, **options)
-        return cls(client, prefix=prefix, min_ttl_ms=min_ttl_ms, pseudonym_key=pseudonym_key)
+        """The store at ``url`` (see :func:`connect`); password and TLS settings go in the URL."""
+        return cls(
+            connect(url, **options),
+            prefix=prefix,
+            min_ttl_ms=min_ttl_ms,
+            pseudonym_key=pseudonym_key,
+            min_replicas=min_replicas,
+            replica_timeout_ms=replica_timeout_ms,
+        )
 
-    def state_key(self, customer: str) -> str:
-        return f"{self.prefix}:s:{{{pseudonym(customer, self._pseudonym_key)}}}"
+    def state_key(self, customer: str, stream: str) -> str:
+        name = pseudonym(customer, self._pseudonym_key)
+        if self.cluster:
+            return f"{self.prefix}:{{{stream}}}:s:{name}"
+        return f"{self.prefix}:s:{{{name}}}"
 
     def clock_key(self, stream: str) -> str:
         return f"{self.prefix}:clock:{{{stream}}}"
@@ -276,20 +346,37 @@ class RedisStateStore:
     def streams_key(self) -> str:
         return f"{self.prefix}:streams"
 
-    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
-        if not customers:
+    async def load(self, customers: Mapping[str, Collection[str]]) -> dict[str, Versioned]:
+        ordered = [(customer, stream) for stream, some in customers.items() for customer in some]
+        if not ordered:
             return {}
-        ordered = list(customers)
-        # decode_responses=False: Redis answers bytes.
-        blobs = cast("list[bytes | None]", await self.client.mget([self.state_key(c) for c in ordered]))
+        blobs = await self._mget([self.state_key(customer, stream) for customer, stream in ordered])
         found = {}
-        for customer, blob in zip(ordered, blobs, strict=True):
+        for (customer, _), blob in zip(ordered, blobs, strict=True):
             if blob is not None:
                 found[customer] = _versioned(customer, blob)
         return found
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
-        """Save several streams' batches in one atomic round trip."""
+        """Save several streams' batches: on one Redis in one atomic round trip; on a cluster, each
+        stream's atomically, all at once (a stream's keys share its hash slot)."""
+        if not self.cluster:
+            await self._save_streams(saves, with_streams_set=True)
+            return
+        await self.client.sadd(self.streams_key, *{save.stream for save in saves})
+        outcomes = await asyncio.gather(
+            *(self._save_streams([save], with_streams_set=False) for save in saves), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, ConflictError)]
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, ConflictError)]
+        if failed:
+            raise failed[0]
+        if refused:
+            raise ConflictError(
+                [c for r in refused for c in r.customers], [s for r in refused for s in r.streams]
+            )
+
+    async def _save_streams(self, saves: Sequence[StreamSave], *, with_streams_set: bool) -> None:
         keys: list[str] = []
         args: list[Any] = [0, 0, len(saves), self.min_ttl_ms, "1" if any(s.undo for s in saves) else "0"]
         customers: list[str] = []
@@ -298,7 +385,7 @@ class RedisStateStore:
             for write in save.writes:
                 customer = write.state.customer_id
                 customers.append(customer)
-                keys.append(self.state_key(customer))
+                keys.append(self.state_key(customer, save.stream))
                 ttl = self.min_ttl_ms if now is None else max(self.min_ttl_ms, write.expires_at - now)
                 args += [
                     _VERSION.pack(write.expected_version),
@@ -310,7 +397,7 @@ class RedisStateStore:
         for index, save in enumerate(saves):
             for erasure in save.erase:
                 customers.append(erasure.customer)
-                keys.append(self.state_key(erasure.customer))
+                keys.append(self.state_key(erasure.customer, save.stream))
                 args += [
                     _VERSION.pack(erasure.expected_version),
                     _VERSION.pack(erasure.expected_version + 1),
@@ -332,13 +419,45 @@ class RedisStateStore:
                 args += [customer, "" if deadline is None else deadline]
             for source, position in save.positions.items():
                 args += [source, position]
-        keys.append(self.streams_key)
-        refused = await self._save(keys=keys, args=args)
+        if with_streams_set:
+            keys.append(self.streams_key)
+        if self.min_replicas:
+            refused = await self._saved_and_replicated(keys, args, self.epoch_key(saves[0].stream))
+        else:
+            refused = await self._save(keys=keys, args=args)
         if refused:
             bad_states, bad_streams = refused
             raise ConflictError(
                 [customers[int(i) - 1] for i in bad_states], [saves[int(s) - 1].stream for s in bad_streams]
             )
+
+    async def _saved_and_replicated(self, keys: list[str], args: list[Any], key: str) -> Any:
+        """The save script's answer, once ``min_replicas`` replicas have the save."""
+        try:
+            refused, reached = await self._save_and_wait(keys, args, key)
+        except NoScriptError:
+            # A node that has not seen the script yet (a replica promoted since): load it there.
+            await self.client.script_load(_SAVE)
+            refused, reached = await self._save_and_wait(keys, args, key)
+        if int(reached) < self.min_replicas:
+            raise ReplicationError(
+                f"a save reached {reached} of the {self.min_replicas} replicas it needs within"
+                f" {self.replica_timeout_ms} ms"
+            )
+        return refused
+
+    async def _save_and_wait(self, keys: list[str], args: list[Any], key: str) -> list[Any]:
+        """``WAIT`` counts the writes of its own connection: the script and it go in one pipeline,
+        which sends both on one connection (on a cluster: to the node of ``key``)."""
+        if isinstance(self.client, RedisCluster):
+            await self.client.initialize()
+            pipe: Any = self.client.pipeline()
+            node = {"target_nodes": self.client.get_node_from_key(key)}
+        else:
+            pipe, node = self.client.pipeline(transaction=False), {}
+        pipe.evalsha(self._save.sha, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms, **node)
+        return list(await pipe.execute())
 
     async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
         keys = [
@@ -375,11 +494,20 @@ class RedisStateStore:
             {source.decode(): int(position) for source, position in positions.items()},
         )
 
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` (bytes: decode_responses=False); on a cluster, one MGET per slot."""
+        if isinstance(self.client, RedisCluster):
+            return cast("list[bytes | None]", await self.client.mget_nonatomic(keys))
+        return cast("list[bytes | None]", await self.client.mget(keys))
+
+    async def _streams(self) -> list[str]:
+        return sorted(s.decode() for s in cast("set[bytes]", await self.client.smembers(self.streams_key)))
+
     async def clocks(self) -> dict[str, int]:
-        streams = sorted(s.decode() for s in cast("set[bytes]", await self.client.smembers(self.streams_key)))
+        streams = await self._streams()
         if not streams:
             return {}
-        values = cast("list[bytes | None]", await self.client.mget([self.clock_key(s) for s in streams]))
+        values = await self._mget([self.clock_key(s) for s in streams])
         found = {}
         for stream, value in zip(streams, values, strict=True):
             time = (value or b"-").split(maxsplit=1)[0]
@@ -388,10 +516,24 @@ class RedisStateStore:
         return found
 
     async def forget(self, customer: str) -> bool:
-        found = await self._forget(
-            keys=[self.state_key(customer), self.streams_key], args=[self.min_ttl_ms, self.prefix, customer]
+        """Erase ``customer``: a tombstone for the state and out of every stream's deadlines.
+
+        On a cluster the state lives in its stream's slot, and which stream that is the
+        store does not know: every stream gets a tombstone (a zombie's write to any of
+        them is refused), one script each.
+        """
+        streams = await self._streams()
+        args: list[str | int] = [self.min_ttl_ms, customer]
+        if not self.cluster:
+            keys = [self.state_key(customer, ""), *(self.deadlines_key(s) for s in streams)]
+            return bool(await self._forget(keys=keys, args=args))
+        found = await asyncio.gather(
+            *(
+                self._forget(keys=[self.state_key(customer, s), self.deadlines_key(s)], args=args)
+                for s in streams
+            )
         )
-        return bool(found)
+        return any(found)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -128,9 +128,9 @@ class ConflictError(RuntimeError):
 
 
 class StateStore(Protocol):
-    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
-        """The stored states of ``customers``: unknown and expired ones are absent; an erased one
-        comes back blank, at its tombstone's version."""
+    async def load(self, customers: Mapping[str, Collection[str]]) -> dict[str, Versioned]:
+        """The stored states of ``customers`` (by the stream they are on), by customer: unknown and
+        expired ones are absent; an erased one comes back blank, at its tombstone's version."""
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
         """Erase, then write states and streams' checkpoint changes, all or nothing.

@@ -174,7 +174,7 @@ class MeteredStore:
         finally:
             self.metrics.redis_duration.labels(operation).observe(time.perf_counter() - started)
 
-    async def load(self, customers: Collection[str]) -> dict[str, Versioned]:
+    async def load(self, customers: Mapping[str, Collection[str]]) -> dict[str, Versioned]:
         result: dict[str, Versioned] = await self._timed("load", self.inner.load(customers))
         return result
 

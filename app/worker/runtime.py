@@ -12,7 +12,6 @@ from functools import partial
 
 import faust
 import msgspec
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from app.config import Catalogue, ConfigError, load_catalogue
@@ -24,7 +23,7 @@ from app.pipeline import Pipeline
 from app.settings import Settings, SettingsError
 from app.state.memory import MemoryStateStore
 from app.state.model_store import ModelStore
-from app.state.redis import RedisStateStore
+from app.state.redis import RedisStateStore, connect
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
 from app.worker.datadir import process_datadir
@@ -121,7 +120,7 @@ def _learn(
 
 def _model_store(settings: Settings) -> ModelStore:
     assert settings.model_key is not None
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     return ModelStore(client, settings.model_key.encode(), prefix=settings.redis_prefix)
 
 
@@ -162,6 +161,9 @@ def open_store(settings: Settings) -> StateStore:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         pseudonym_key=settings.pseudonym_key.encode(),
+        min_replicas=settings.redis_min_replicas,
+        # Half the call's timeout: WAIT answers (with too few replicas) before the socket gives up.
+        replica_timeout_ms=int(settings.redis_timeout_s * 500),
     )
 
 

@@ -52,7 +52,7 @@ from harness import (
 
 from app.apache_kafka import ApacheKafka
 from app.decoding import MAX_EVENT_BYTES
-from app.embedded import Broker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis, EmbeddedRedisCluster
 from app.settings import Settings
 from app.traffic import TrafficGenerator
 from app.triggers import format_time
@@ -259,14 +259,27 @@ class Crew:
             self.start()
 
 
+# The state store's servers: one Redis, or a Redis Cluster.
+StateRedis = EmbeddedRedis | EmbeddedRedisCluster
 # A fault: what it does to the crew and the servers while they work, given a random source.
-Fault = Callable[[Crew, EmbeddedRedis, random.Random], list[str]]
+Fault = Callable[[Crew, StateRedis, random.Random], list[str]]
+
+
+def midway(crew: Crew, within: float = 60.0) -> str:
+    """Once the workers have committed part of the input, not all of it: how much is left."""
+    settings = settings_of(crew.env)
+    total = sum(run(backlog(settings)).values())
+    deadline = time.monotonic() + within
+    while (waiting := sum(run(backlog(settings)).values())) == total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert 0 < waiting < total, f"{waiting} of {total} records uncommitted: not in the middle of the run"
+    return f"{waiting} of {total} input records uncommitted"
 
 
 def kills(count: int, pause: tuple[float, float] = (1.0, 5.0)) -> Fault:
     """``count`` SIGKILLs, at random instants, in turn during start-up, processing and a rebalance."""
 
-    def inject(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
         notes = []
         for n in range(count):
             phase = ("start-up", "processing", "rebalance")[n % 3]
@@ -291,7 +304,7 @@ def kills(count: int, pause: tuple[float, float] = (1.0, 5.0)) -> Fault:
 def redis_paused(seconds: float, after: float = 2.0) -> Fault:
     """Redis hung (SIGSTOP) for ``seconds``, ``after`` seconds into the run."""
 
-    def inject(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
         time.sleep(after)
         redis.pause()
         time.sleep(seconds)
@@ -304,7 +317,7 @@ def redis_paused(seconds: float, after: float = 2.0) -> Fault:
 def redis_restarted(down: float = 1.0, after: float = 2.0) -> Fault:
     """Redis killed (SIGKILL) and, ``down`` seconds later, started again on its port from its AOF."""
 
-    def inject(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
         time.sleep(after)
         redis.kill()
         time.sleep(down)
@@ -319,28 +332,51 @@ def broker_restarted(broker: ApacheKafka, how: str, down: float = 2.0, within: f
     workers have committed part of the input, and started again on its port, with its data,
     ``down`` seconds later."""
 
-    def inject(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
-        # Down in the middle of the run: once the workers have committed some of it, not all.
-        settings = settings_of(crew.env)
-        total = sum(run(backlog(settings)).values())
-        deadline = time.monotonic() + within
-        while (waiting := sum(run(backlog(settings)).values())) == total and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert 0 < waiting < total, f"{waiting} of {total} records uncommitted when the broker went down"
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
+        left = midway(crew, within)
         (broker.stop if how == "sigterm" else broker.kill)()
         time.sleep(down)
         began = time.monotonic()
         broker.start()
         took = time.monotonic() - began
-        return [
-            f"Kafka stopped ({how}) with {waiting} input records uncommitted, started again"
-            f" {down:g} s later, serving {took:.0f} s after"
-        ]
+        return [f"Kafka stopped ({how}) with {left}, started again {down:g} s later, serving {took:.0f} s on"]
 
     return inject
 
 
-def no_fault(crew: Crew, redis: EmbeddedRedis, rng: random.Random) -> list[str]:
+def primary_failed_over(cluster: EmbeddedRedisCluster, within: float = 60.0) -> Fault:
+    """A Redis Cluster primary killed (SIGKILL) in the middle of the run: its replica takes over
+    once the others see it gone; the dead node, started again, comes back as a replica."""
+
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
+        left = midway(crew, within)
+        victim = rng.choice(cluster.primaries())
+        victim.kill()
+        began = time.monotonic()
+        cluster.wait_healthy()  # every slot served again: a replica promoted
+        took = time.monotonic() - began
+        victim.start()
+        cluster.wait_healthy()
+        return [f"a Redis primary killed with {left}; its replica served its slots {took:.1f} s later"]
+
+    return inject
+
+
+def workers_replaced(within: float = 60.0) -> Fault:
+    """Three workers; in the middle of the run one is killed (SIGKILL) and another added."""
+
+    def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
+        while len(crew.running) < 3:
+            crew.start()
+        left = midway(crew, within)
+        crew.kill(rng)
+        crew.start()
+        return [f"three workers, one SIGKILLed and another added with {left}"]
+
+    return inject
+
+
+def no_fault(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
     return []
 
 
@@ -349,7 +385,7 @@ def chaos_run(
     lines: list[bytes],
     *,
     broker: Broker,
-    redis: EmbeddedRedis,
+    redis: StateRedis,
     workers: Workers,
     directory: Path,
     fault: Fault = no_fault,

@@ -32,11 +32,13 @@ from aiokafka.partitioner import murmur2
 from app import cli
 from app.clock import QUORUM
 from app.decoding import decode_event
-from app.embedded import Broker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis, EmbeddedRedisCluster
 from app.events import Event
 from app.replay import in_tie_order
 from app.settings import Settings, load_settings
+from app.state.redis import connect
 from app.triggers import format_time
+from app.worker.agent import stream_of
 from app.worker.alignment import Aligner
 from app.worker.feed import topic_for
 from app.worker.kafka import client_options, ensure_topics
@@ -53,7 +55,9 @@ _names = itertools.count(1)
 PSEUDONYM_KEY = "test-pseudonym-key-of-at-least-32-characters"
 
 
-def isolated_env(broker: Broker, redis: EmbeddedRedis, name: str, **extra: str) -> dict[str, str]:
+def isolated_env(
+    broker: Broker, redis: EmbeddedRedis | EmbeddedRedisCluster, name: str, **extra: str
+) -> dict[str, str]:
     """``MM_*`` settings of a worker of its own: topics, group and Redis prefix nobody else uses."""
     suffix = f"{name}-{next(_names)}-{uuid.uuid4().hex[:6]}"
     env = {
@@ -86,6 +90,14 @@ def isolated_env(broker: Broker, redis: EmbeddedRedis, name: str, **extra: str) 
     }
     env.update(extra)
     return env
+
+
+def by_stream(customers: Iterable[str], partitions: int = PARTITIONS) -> dict[str, list[str]]:
+    """``customers`` by the stream (the worker's name for a partition) their keyed events go to."""
+    streams: dict[str, list[str]] = {}
+    for customer in customers:
+        streams.setdefault(stream_of(partition_of(customer.encode(), partitions)), []).append(customer)
+    return streams
 
 
 def settings_of(env: Mapping[str, str]) -> Settings:
@@ -582,11 +594,9 @@ async def redis_mentions(url: str, needle: str) -> list[str]:
     Scans every key (SCAN, never KEYS), and reads strings, list items, set and sorted-set
     members (and scores), hash fields and values, and stream entries. For tests only.
     """
-    import redis.asyncio as aioredis
-
     wanted = needle.encode()
     found: list[str] = []
-    client = aioredis.Redis.from_url(url, decode_responses=False)
+    client = connect(url)  # one Redis, or every primary of a cluster
     try:
         async for key in client.scan_iter(count=1000):
             name = key.decode(errors="replace")

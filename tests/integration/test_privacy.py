@@ -35,6 +35,7 @@ from harness import (
     WorkerProcess,
     Workers,
     assert_same_triggers,
+    by_stream,
     create_topics,
     isolated_env,
     partition_of,
@@ -57,10 +58,10 @@ from helpers import T0, ms, raw
 from app import cli
 from app.config import Catalogue, load_catalogue
 from app.confirmations import CONFIRMATION_TYPE
-from app.embedded import Broker, EmbeddedRedis
+from app.embedded import Broker, EmbeddedRedis, EmbeddedRedisCluster
 from app.learning.config import MOMENT_NAMES
 from app.policy import Policy
-from app.privacy import pseudonym, request_forget
+from app.privacy import request_forget
 from app.state.redis import RedisStateStore
 from app.triggers import format_time
 from app.worker.agent import stream_of
@@ -239,7 +240,7 @@ def test_deferred_triggers_survive_a_restart(
 
     async def saved() -> tuple[dict[str, int], dict[str, int]]:
         try:
-            states = await store.load([*deferred, expiring])
+            states = await store.load(by_stream([*deferred, expiring]))
             waiting = {c: len(v.state.deferred) for c, v in states.items()}
             deadlines = {}
             for c in [*deferred, expiring]:
@@ -302,7 +303,10 @@ def derivable(who: str) -> list[str]:
 
 
 def test_forget_erases_the_customer_from_redis(
-    broker: Broker, redis_server: EmbeddedRedis, workers: Workers, tmp_path: Path
+    broker: Broker,
+    each_redis: EmbeddedRedis | EmbeddedRedisCluster,
+    workers: Workers,
+    tmp_path: Path,
 ) -> None:
     shipped = Policy(load_catalogue().policy)
     # 10:00 UTC is 23:00 in Auckland: the store visit's trigger waits for the morning.
@@ -315,9 +319,7 @@ def test_forget_erases_the_customer_from_redis(
     lines += ticks(lines, after=timedelta(hours=1))
     # The shipped configuration, learning included (examples on the training topic, models in
     # Redis), at the default log level.
-    env = isolated_env(
-        broker, redis_server, "forget", MM_MODEL_KEY="test-model-key-of-at-least-32-characters"
-    )
+    env = isolated_env(broker, each_redis, "forget", MM_MODEL_KEY="test-model-key-of-at-least-32-characters")
     env.pop("MM_MOMENTS_CONFIG", None)
     del env["MM_LOG_LEVEL"]
     settings = settings_of(env)
@@ -329,12 +331,13 @@ def test_forget_erases_the_customer_from_redis(
 
     # Held before: the state (cart, consent, cooldown, a deferred trigger) and a deadline.
     store = RedisStateStore.from_url(
-        redis_server.url, prefix=settings.redis_prefix, pseudonym_key=PSEUDONYM_KEY.encode()
+        each_redis.url, prefix=settings.redis_prefix, pseudonym_key=PSEUDONYM_KEY.encode()
     )
 
     async def load() -> dict[str, Any]:
         try:
-            return {c: v.state for c, v in (await store.load([forgotten, direct, bystander])).items()}
+            loaded = await store.load(by_stream([forgotten, direct, bystander]))
+            return {c: v.state for c, v in loaded.items()}
         finally:
             await store.close()
 
@@ -348,9 +351,9 @@ def test_forget_erases_the_customer_from_redis(
         assert state.entries
     prefix = settings.redis_prefix
     for who in (forgotten, direct, bystander):
-        where = run(redis_mentions(redis_server.url, who))
+        where = run(redis_mentions(each_redis.url, who))
         stream = stream_of(partition_of(who.encode()))
-        assert f"string value of {prefix}:s:{{{pseudonym(who, PSEUDONYM_KEY.encode())}}}" in where
+        assert f"string value of {store.state_key(who, stream)}" in where
         assert f"zset value of {prefix}:deadlines:{{{stream}}}" in where
 
     event_id = run(request_forget(settings, forgotten, request_id="ticket-42"))
@@ -370,8 +373,8 @@ def test_forget_erases_the_customer_from_redis(
     # models' snapshots), names or values, in any form derivable from the id without the
     # deployment's secret.
     for form in derivable(forgotten):
-        assert run(redis_mentions(redis_server.url, form)) == [], form
-    assert run(redis_mentions(redis_server.url, bystander)), "others are left alone"
+        assert run(redis_mentions(each_redis.url, form)) == [], form
+    assert run(redis_mentions(each_redis.url, bystander)), "others are left alone"
     # Nor in the training topic as the learners read it: examples name customers by their keyed
     # pseudonym only, without times; and a tombstone per model tells the learners to drop the
     # forgotten customer's examples.
@@ -383,12 +386,12 @@ def test_forget_erases_the_customer_from_redis(
     assert tombstones == {*MOMENT_NAMES, "segments"}
 
     # `micromoments forget --direct`: erased from Redis at once, without the worker.
-    assert run(redis_mentions(redis_server.url, direct))
+    assert run(redis_mentions(each_redis.url, direct))
     assert run_cli(env, "forget", direct, "--direct").stdout.strip() == "erased"
-    assert run(redis_mentions(redis_server.url, direct)) == []
+    assert run(redis_mentions(each_redis.url, direct)) == []
     again = run_cli(env, "forget", direct, "--direct").stdout.strip()
     assert again == "nothing was held about that customer"
-    assert run(redis_mentions(redis_server.url, bystander))
+    assert run(redis_mentions(each_redis.url, bystander))
 
     # The erasure is logged, naming the customer by a pseudonym only.
     line = f"customer {redacted(forgotten)} forgotten"
