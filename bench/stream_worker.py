@@ -100,11 +100,11 @@ def running(
     return child_process(command, {**os.environ, **env}, log, cwd=ROOT, stop_within=30)
 
 
-async def committed_total(reader: AIOKafkaConsumer, topics: set[str]) -> int:
+async def committed_total(reader: AIOKafkaConsumer, topics: set[str], partitions: int = PARTITIONS) -> int:
     # A consumer that never subscribes reads the group's commits without joining it
     # (the embedded broker does not answer the admin API's OffsetFetch).
     offsets = [
-        await reader.committed(TopicPartition(t, p)) for t in sorted(topics) for p in range(PARTITIONS)
+        await reader.committed(TopicPartition(t, p)) for t in sorted(topics) for p in range(partitions)
     ]
     return sum(offset for offset in offsets if offset)
 
