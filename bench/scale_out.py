@@ -1,10 +1,10 @@
 """Benchmark: one worker, then two, on the same pre-produced input; and the per-unit figures of
 docs/capacity.md.
 
-For each worker count, the same dataset (default 200,000 events of 20,000 customers,
-learning off) is pre-produced to topics of its own (8 partitions), the workers are
-started together, and the run is timed from the first committed offsets until
-everything is committed. Measured per run:
+For each worker count, the same dataset (default 400,000 events of 40,000 customers,
+learning off unless ``--learning``) is pre-produced to topics of its own (8 partitions),
+the workers are started together, and the run is timed in steady state: from a quarter
+of the input committed to three quarters. Measured per run:
 
 - events/s, and events per CPU-second of the workers (utime + stime from /proc);
 - Redis: commands, bytes in and out (INFO stats of every primary, before and after),
@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,13 +58,14 @@ def cpu_seconds(pid: int) -> float:
 
 async def redis_stats(ports: list[int]) -> dict[str, int]:
     """Summed over the Redis servers on ``ports``: commands processed (those the save script runs
-    included), scripts run (EVALSHA: saves, claims aside), MGETs (loads), network bytes."""
-    total = {"commands": 0, "scripts": 0, "mgets": 0, "bytes_in": 0, "bytes_out": 0}
+    included), scripts run (EVALSHA: saves, claims aside), MGETs (loads), network bytes, CPU."""
+    total = {"commands": 0, "scripts": 0, "mgets": 0, "bytes_in": 0, "bytes_out": 0, "cpu_ms": 0}
     for port in ports:
         client = aioredis.Redis(host=LOOPBACK, port=port)
         try:
             info = await client.info("stats")
             commands = await client.info("commandstats")
+            cpu = await client.info("cpu")
         finally:
             await client.aclose()
         total["commands"] += int(info["total_commands_processed"])
@@ -70,6 +73,7 @@ async def redis_stats(ports: list[int]) -> dict[str, int]:
         total["mgets"] += int(commands.get("cmdstat_mget", {}).get("calls", 0))
         total["bytes_in"] += int(info["total_net_input_bytes"])
         total["bytes_out"] += int(info["total_net_output_bytes"])
+        total["cpu_ms"] += int(1000 * (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])))
     return total
 
 
@@ -104,6 +108,14 @@ def scrape(port: int, name: str) -> float:
     )
 
 
+def _check(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            raise RuntimeError(f"a worker exited with {process.returncode}")
+    if time.monotonic() > deadline:
+        raise TimeoutError("the workers did not finish in time")
+
+
 def _consumed(port: int) -> float:
     """Events a worker has consumed so far (0 until its /metrics answers)."""
     try:
@@ -112,13 +124,20 @@ def _consumed(port: int) -> float:
         return 0.0
 
 
-async def trigger_count(bootstrap: str, topic: str) -> int:
-    """Records on ``topic`` (at least once and no fault: each trigger once); created with PARTITIONS."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def triggers_published(bootstrap: str, topic: str) -> tuple[int, int]:
+    """Records on ``topic`` and their bytes (at least once, no fault: each trigger once)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-        return sum(ends.values())
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        count = size = 0
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                count += len(records)
+                size += sum(len(r.value or b"") for r in records)
+        return count, size
     finally:
         await consumer.stop()
 
@@ -129,12 +148,15 @@ async def run_workers(
     redis: EmbeddedRedis | EmbeddedRedisCluster,
     lines: list[bytes],
     limit_s: float,
+    extra_env: dict[str, str],
 ) -> dict[str, Any]:
-    name = f"scale-{count}"
+    name = f"scale-{count}-{secrets.token_hex(3)}"
     env = settings_for(name, broker, redis, "at_least_once")  # type: ignore[arg-type]
-    env["MM_PARTITIONS"] = str(PARTITIONS)
+    env |= {"MM_PARTITIONS": str(PARTITIONS), **extra_env}
     settings = load_settings(env)
+    began = time.perf_counter()
     await preproduce(settings, lines)
+    produced = len(lines) / (time.perf_counter() - began)  # one Python producer into the broker
     ports = (
         [node.port for node in redis.primaries()] if isinstance(redis, EmbeddedRedisCluster) else [redis.port]
     )
@@ -153,41 +175,32 @@ async def run_workers(
             )
             for n, port in enumerate(metrics_ports)
         ]
-        # From the first look at which every worker has consumed something (start-up and the
-        # group's rebalances behind them) to the first that sees everything committed; what was
-        # committed before that instant is not counted.
-        idle_until = time.monotonic()
-        cpu_start = [cpu_seconds(p.pid) for p in processes]
-        deadline = idle_until + limit_s
+        # In steady state: from the first look that sees a quarter of the input committed to the
+        # first that sees three quarters, every worker at work by then (start-up, the group's
+        # rebalances and the tail apart). The workers' /metrics are not read in between
+        # (rendering them costs the workers CPU); commits are read every 0.1 s.
+        deadline = time.monotonic() + limit_s
         topics = set(settings.input_topics)
-        before_window = 0
-        while True:
-            for process in processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"a worker exited with {process.returncode}")
-            now = time.monotonic()
-            if not all(_consumed(port) for port in metrics_ports):
-                idle_until = now
-                cpu_start = [cpu_seconds(p.pid) for p in processes]
-                before_window = -1
-            else:
-                if before_window < 0:
-                    before_window = await committed_total(reader, topics, PARTITIONS)
-                if await committed_total(reader, topics, PARTITIONS) >= len(lines):
-                    now = time.monotonic()
-                    break
-            if now > deadline:
-                raise TimeoutError(f"not done within {limit_s} s")
+        while not all(_consumed(port) for port in metrics_ports):
+            _check(processes, deadline)
             await asyncio.sleep(0.02)
-        seconds = now - idle_until
-        cpu = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu_start, strict=True))
+        marks: list[tuple[float, int, float]] = []  # (time, committed, workers' CPU seconds)
+        for share in (0.25, 0.75):
+            while (done := await committed_total(reader, topics, PARTITIONS)) < share * len(lines):
+                _check(processes, deadline)
+                await asyncio.sleep(0.1)
+            marks.append((time.monotonic(), done, sum(cpu_seconds(p.pid) for p in processes)))
+        while await committed_total(reader, topics, PARTITIONS) < len(lines):
+            _check(processes, deadline)
+            await asyncio.sleep(0.1)
+        (t0, done0, cpu0), (t1, done1, cpu1) = marks
+        seconds, events, cpu = t1 - t0, done1 - done0, cpu1 - cpu0
         batches = sum(scrape(port, "micromoments_batches_total") for port in metrics_ports)
     await reader.stop()
     after = await redis_stats(ports)
     footprint = await state_footprint(redis.url, settings.redis_prefix)
-    triggers = await trigger_count(broker.bootstrap, settings.topic_triggers)
+    triggers, trigger_bytes = await triggers_published(broker.bootstrap, settings.topic_triggers)
     delta = {k: after[k] - before[k] for k in before}
-    events = len(lines) - before_window
     return {
         "workers": count,
         "events": events,
@@ -207,6 +220,9 @@ async def run_workers(
         else float("nan"),
         "triggers": triggers,
         "triggers_per_event": triggers / len(lines),
+        "trigger_bytes": trigger_bytes / triggers if triggers else 0.0,
+        "redis_cpu_us_per_event": delta["cpu_ms"] * 1000 / len(lines),
+        "produced_per_s": produced,
         "input_bytes_per_event": sum(len(line) for line in lines) / len(lines),
         **footprint,
     }
@@ -216,11 +232,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--customers", type=int, default=40_000)
     parser.add_argument("--workers", type=lambda s: [int(n) for n in s.split(",")], default=[1, 2])
     parser.add_argument("--broker", choices=["kafka", "embedded"], default="kafka")
     parser.add_argument("--redis", choices=["single", "cluster"], default="single")
+    parser.add_argument(
+        "--learning",
+        action="store_true",
+        help="the default configuration: models score every candidate, a learner in each worker",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
@@ -232,7 +253,8 @@ async def main() -> None:
             EmbeddedRedisCluster() if args.redis == "cluster" else EmbeddedRedis(appendfsync="everysec")
         )
         for count in args.workers:
-            result = await run_workers(count, broker, redis, lines, args.timeout)
+            extra = {"MM_MODEL_KEY": secrets.token_urlsafe(32)} if args.learning else {}
+            result = await run_workers(count, broker, redis, lines, args.timeout, extra)
             print(f"[{count} worker(s)] {result}", flush=True)
             results.append(result)
     print()
@@ -255,7 +277,10 @@ async def main() -> None:
         f"state: {first['state_keys']:,} keys, {first['memory_per_state_bytes']:,.0f} B of Redis memory"
         f" ({first['value_per_state_bytes']:,.0f} B of value) per customer;"
         f" {first['triggers_per_event']:.4f} triggers per event;"
-        f" {first['input_bytes_per_event']:.0f} B per input event"
+        f" {first['input_bytes_per_event']:.0f} B per input event,"
+        f" {first['trigger_bytes']:.0f} B per trigger;"
+        f" Redis CPU {first['redis_cpu_us_per_event']:.1f} us per event;"
+        f" pre-produced at {first['produced_per_s']:,.0f} events/s"
     )
 
 
