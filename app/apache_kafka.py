@@ -59,10 +59,11 @@ def _pom() -> bytes:
     return resources.files("app").joinpath("kafka-runtime.pom.xml").read_bytes()
 
 
-def cache_dir() -> Path:
+def cache_dir(pom: bytes | None = None) -> Path:
+    """Where the jars of ``pom`` (Kafka's runtime by default) are kept."""
     configured = os.environ.get("MM_CACHE_DIR")
     base = Path(configured) if configured else Path.home() / ".cache" / "micromoments"
-    return base / f"kafka-{hashlib.sha256(_pom()).hexdigest()[:12]}"
+    return base / f"kafka-{hashlib.sha256(pom or _pom()).hexdigest()[:12]}"
 
 
 def _program(name: str, package: str) -> str:
@@ -72,20 +73,23 @@ def _program(name: str, package: str) -> str:
     return found
 
 
-def install(timeout: float = 900.0) -> Path:
+def install(timeout: float = 900.0, pom: bytes | None = None) -> Path:
     """The directory of Kafka's jars, fetched from Maven Central unless cached.
 
     Parameters
     ----------
     timeout
         Seconds Maven may take to fetch them.
+    pom
+        A POM naming other Kafka artifacts (its ``kafka*.jar`` and their runtime
+        dependencies); by default ``kafka-runtime.pom.xml``, the broker's.
 
     Returns
     -------
     Path
         A directory of jars, to run with ``java -cp '<dir>/*'``.
     """
-    home = cache_dir()
+    home = cache_dir(pom)
     libs = home / "libs"
     if libs.is_dir():
         return libs
@@ -96,8 +100,8 @@ def install(timeout: float = 900.0) -> Path:
         if libs.is_dir():  # fetched by another process while we waited
             return libs
         with tempfile.TemporaryDirectory(dir=home) as work:
-            pom = Path(work) / "pom.xml"
-            pom.write_bytes(_pom())
+            project = Path(work) / "pom.xml"
+            project.write_bytes(pom or _pom())
             fetched = Path(work) / "libs"
             result = subprocess.run(
                 [
@@ -105,7 +109,7 @@ def install(timeout: float = 900.0) -> Path:
                     "-q",
                     "-B",
                     "-f",
-                    str(pom),
+                    str(project),
                     "dependency:copy-dependencies",
                     "-DincludeScope=runtime",
                     f"-DoutputDirectory={fetched}",
@@ -115,7 +119,7 @@ def install(timeout: float = 900.0) -> Path:
                 timeout=timeout,
                 check=False,
             )
-            if result.returncode != 0 or not any(fetched.glob("kafka_*.jar")):
+            if result.returncode != 0 or not any(fetched.glob("kafka*.jar")):
                 raise ServerUnavailable(
                     f"Maven could not fetch Apache Kafka (exit {result.returncode}):\n"
                     f"{(result.stdout + result.stderr)[-4000:]}"
