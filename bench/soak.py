@@ -2,7 +2,7 @@
 
 1. capacity: pre-produce ``--capacity-events`` events and time the worker through them
    (as bench/stream_worker.py does);
-2. soak: live traffic (event time = now, 20,000 customers) at ``--load`` of that
+2. soak: live traffic (event time = now, as bench/stream_worker.py offers it) at ``--load`` of that
    capacity for ``--minutes``; every 30 s, the worker's RSS and, per input partition,
    the group's lag (end offset minus committed offset) and whether it moved on.
 
@@ -20,19 +20,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from stream_worker import PARTITIONS, dataset, measure_throughput, preproduce, running, settings_for
+from stream_worker import (
+    PARTITIONS,
+    _ms,
+    dataset,
+    live_events,
+    measure_throughput,
+    preproduce,
+    running,
+    settings_for,
+)
 
 from app.apache_kafka import ApacheKafka
 from app.embedded import EmbeddedRedis
 from app.settings import Settings, load_settings
+from app.traffic import TrafficGenerator
+from app.worker.feed import new_producer, publish
 from app.worker.kafka import client_options
-from app.worker.live import feed_live
 
 SAMPLE_S = 30.0
 
@@ -55,6 +68,42 @@ async def lags(settings: Settings, reader: AIOKafkaConsumer) -> dict[TopicPartit
     return found
 
 
+def steady_scale(rate: float, seed: int) -> float:
+    """The ``scale`` at which :func:`live_events` offers ``rate`` once its sessions have built up.
+
+    Sessions last minutes, so a generator's rate climbs for about eight minutes before it
+    settles: measured on one of the interleaved generators, minutes 9 to 11 of event time.
+    The soak's first minutes offer less (the warm-up, before memory is judged).
+    """
+    parts = max(1, math.ceil(rate / 2500))
+    generator = TrafficGenerator(
+        seed=seed,
+        customers=5000,
+        events_per_second=rate / parts,
+        diurnal=False,
+        start=datetime.fromtimestamp(0, UTC),
+    )
+    steady = sum(1 for e in generator.events(until_ms=660_000) if _ms(e["occurred_at"]) >= 540_000)
+    return (rate / parts) * 120 / max(1, steady)
+
+
+async def feed(settings: Settings, rate: float, seed: int, on_sent: Callable[[int], None]) -> None:
+    """Live traffic at ``rate`` (event time = now), for ever; ``on_sent`` told the count so far."""
+    scale = steady_scale(rate, seed)
+    started = time.time()
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        for sent, (after, event) in enumerate(live_events(rate, started, seed, scale), 1):
+            wait = started + after - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await publish(producer, settings, [event], wait=False)
+            on_sent(sent)
+    finally:
+        await producer.stop()
+
+
 async def soak(args: argparse.Namespace) -> int:
     with ApacheKafka() as broker, EmbeddedRedis() as redis:
         env = settings_for("soak", broker, redis, args.guarantee)
@@ -75,9 +124,7 @@ async def soak(args: argparse.Namespace) -> int:
             def count(total: int) -> None:
                 sent[0] = total
 
-            feeder = asyncio.create_task(
-                feed_live(settings, rate=rate, speed=1.0, customers=20_000, seed=args.seed + 1, on_sent=count)
-            )
+            feeder = asyncio.create_task(feed(settings, rate, args.seed + 1, count))
             reader = AIOKafkaConsumer(**client_options(settings), group_id="soak", enable_auto_commit=False)
             await reader.start()
             samples: list[dict[str, Any]] = []

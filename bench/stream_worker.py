@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,43 +142,54 @@ async def measure_throughput(
         await reader.stop()
 
 
-def live_traffic(rate: float, seconds: float, seed: int) -> list[tuple[float, dict[str, Any]]]:
-    """``seconds`` of traffic at ``rate`` (within a few percent), as (seconds from the start, event).
+def live_events(
+    rate: float, start: float, seed: int, scale: float = 1.0, until: float | None = None
+) -> Iterator[tuple[float, dict[str, Any]]]:
+    """Traffic at about ``rate`` from wall-clock ``start`` on (until ``until``, or for ever), as
+    (seconds from the start, event), generated as it is read.
 
-    Generated before the clock starts, so producing it costs the harness nothing at
-    send time; sessions begin WARM_UP_S early and only events from the start on are kept.
-    A generator starts at most one session per millisecond: higher rates interleave several,
-    each with 5,000 customers of its own among those of the pre-produced dataset (who have
-    given consent there), and the rate asked of them is calibrated on a first pass.
+    Sessions begin WARM_UP_S early and only events from the start on are kept. A
+    generator starts at most one session per millisecond: higher rates interleave
+    several, each with 5,000 customers of its own among those of the pre-produced dataset
+    (who have given consent there). The rate asked of them is ``rate`` times ``scale``
+    (see :func:`calibrated`).
     """
-    start = time.time()
     parts = max(1, math.ceil(rate / 2500))
+    until_ms = None if until is None else int(until * 1000)
+    merged = heapq.merge(
+        *(
+            (
+                (_ms(event["occurred_at"]) / 1000 - start, part, event)
+                for event in TrafficGenerator(
+                    seed=seed + part,
+                    customers=5000,
+                    events_per_second=rate * scale / parts,
+                    diurnal=False,
+                    start=datetime.fromtimestamp(start - WARM_UP_S, UTC),
+                ).events(until_ms=until_ms)
+                if _ms(event["occurred_at"]) >= start * 1000
+            )
+            for part in range(parts)
+        ),
+        key=lambda item: item[0],
+    )
+    for after, part, event in merged:
+        yield after, {**event, "customer_id": _moved(event["customer_id"], part)}
 
-    def generate(scale: float) -> list[tuple[float, dict[str, Any]]]:
-        merged = heapq.merge(
-            *(
-                (
-                    (_ms(event["occurred_at"]) / 1000 - start, part, event)
-                    for event in TrafficGenerator(
-                        seed=seed + part,
-                        customers=5000,
-                        events_per_second=rate * scale / parts,
-                        diurnal=False,
-                        start=datetime.fromtimestamp(start - WARM_UP_S, UTC),
-                    ).events(until_ms=int((start + seconds) * 1000))
-                    if _ms(event["occurred_at"]) >= start * 1000
-                )
-                for part in range(parts)
-            ),
-            key=lambda item: item[0],
-        )
-        return [
-            (after, {**event, "customer_id": _moved(event["customer_id"], part)})
-            for after, part, event in merged
-        ]
 
-    first = generate(1.0)
-    return generate(rate * seconds / max(1, len(first)))
+def calibrated(rate: float, seed: int, seconds: float = 60.0) -> float:
+    """The ``scale`` at which :func:`live_events` offers ``rate``, measured over ``seconds``."""
+    start = time.time()
+    offered = sum(1 for _ in live_events(rate, start, seed, until=start + seconds))
+    return rate * seconds / max(1, offered)
+
+
+def live_traffic(rate: float, seconds: float, seed: int) -> list[tuple[float, dict[str, Any]]]:
+    """``seconds`` of traffic at ``rate`` (within a few percent): generated before the clock
+    starts, so producing it costs the harness nothing at send time."""
+    scale = calibrated(rate, seed, seconds)
+    start = time.time()
+    return list(live_events(rate, start, seed, scale, until=start + seconds))
 
 
 def _moved(customer: str, part: int) -> str:
