@@ -87,9 +87,11 @@ def steady_scale(rate: float, seed: int) -> float:
     return (rate / parts) * 120 / max(1, steady)
 
 
-async def feed(settings: Settings, rate: float, seed: int, on_sent: Callable[[int], None]) -> None:
-    """Live traffic at ``rate`` (event time = now), for ever; ``on_sent`` told the count so far."""
-    scale = steady_scale(rate, seed)
+async def feed(
+    settings: Settings, rate: float, scale: float, seed: int, on_sent: Callable[[int], None]
+) -> None:
+    """Live traffic at ``rate`` (event time = now; see :func:`steady_scale`), for ever; ``on_sent``
+    told the count so far."""
     started = time.time()
     producer = new_producer(settings)
     await producer.start()
@@ -124,7 +126,9 @@ async def soak(args: argparse.Namespace) -> int:
             def count(total: int) -> None:
                 sent[0] = total
 
-            feeder = asyncio.create_task(feed(settings, rate, args.seed + 1, count))
+            # Worked out before the feed starts: it takes the event loop for half a minute.
+            scale = steady_scale(rate, args.seed + 1)
+            feeder = asyncio.create_task(feed(settings, rate, scale, args.seed + 1, count))
             reader = AIOKafkaConsumer(**client_options(settings), group_id="soak", enable_auto_commit=False)
             await reader.start()
             samples: list[dict[str, Any]] = []
