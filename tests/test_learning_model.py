@@ -119,14 +119,15 @@ def test_a_model_learns_a_separable_problem(kind: str) -> None:
     assert early.log_loss is not None
     assert model.log_loss is not None
     assert model.log_loss < early.log_loss  # the progressive loss falls as the model learns
-    assert model.predict_proba_one({"views": 8.0, "cart": 3.0, "noise": 0.5, "price": 500.0}) > 0.8
-    assert model.predict_proba_one({"views": 0.0, "cart": 0.0, "noise": 0.5, "price": 500.0}) < 0.2
+    assert model.predict_proba_one({"views": 8.0, "cart": 3.0, "noise": 0.5, "price": 500.0})[True] > 0.8
+    assert model.predict_proba_one({"views": 0.0, "cart": 0.0, "noise": 0.5, "price": 500.0})[True] < 0.2
 
 
 def test_probabilities_before_learning() -> None:
-    assert MomentModel().predict_proba_one({"views": 3.0}) == 0.5
+    # River's contract: a probability per class.
+    assert MomentModel().predict_proba_one({"views": 3.0}) == {False: 0.5, True: 0.5}
     # A tree that knows nothing says nothing for the outcome.
-    assert MomentModel(CONFIGS["hoeffding_tree"]).predict_proba_one({"views": 3.0}) == 0.0
+    assert MomentModel(CONFIGS["hoeffding_tree"]).predict_proba_one({"views": 3.0})[True] == 0.0
     model = MomentModel()
     assert model.log_loss is None
     assert model.auc is None
@@ -159,7 +160,7 @@ def test_drift_is_detected_when_the_concept_flips() -> None:
 def outputs(model: MomentModel) -> tuple[list[float], float | None, float | None, int]:
     """What a model says: its probabilities on fixed probes, and its progressive metrics."""
     probe = [x for x, _ in separable(20, seed=99)]
-    return [model.predict_proba_one(x) for x in probe], model.auc, model.log_loss, model.drift_alarms
+    return [model.predict_proba_one(x)[True] for x in probe], model.auc, model.log_loss, model.drift_alarms
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
@@ -205,7 +206,7 @@ for config in (
     model = MomentModel(config)
     for x in xs:
         model.learn_one(x, x["feature_1"] + x["feature_2"] > 1)
-    print([model.predict_proba_one(x) for x in xs[:20]], model.auc)
+    print([model.predict_proba_one(x)[True] for x in xs[:20]], model.auc)
 from app.learning.config import SegmentsConfig
 from app.learning.segments import Segmenter
 segmenter = Segmenter(SegmentsConfig(radius=1.0), keys=keys)

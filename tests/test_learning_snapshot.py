@@ -42,7 +42,7 @@ def test_a_model_round_trips() -> None:
     assert version == 12
     assert isinstance(restored, MomentModel)
     probe = {"views": 5.0, "cart": 1.0}
-    assert restored.predict_proba_one(probe) == model.predict_proba_one(probe)
+    assert restored.predict_proba_one(probe)[True] == model.predict_proba_one(probe)[True]
     assert (restored.examples_seen, restored.auc, restored.log_loss) == (
         model.examples_seen,
         model.auc,

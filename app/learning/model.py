@@ -1,9 +1,9 @@
 """One moment's model: a River classifier that keeps score of itself.
 
-:class:`MomentModel` follows River's interface (``predict_proba_one``,
-``learn_one``) with one difference: the probability comes back as a plain
-float, the probability that acting on the moment now matters (that the
-moment's outcome follows). Every ``learn_one`` first tests, then trains
+:class:`MomentModel` follows River's interface: ``predict_proba_one`` gives
+the probability of each class, ``True`` being that acting on the moment now
+matters (that the moment's outcome follows); ``learn_one`` learns from one
+example. Every ``learn_one`` first tests, then trains
 (progressive validation): the example is scored by the model as it stands,
 the score updates a ROC AUC, a log loss and an ADWIN drift detector fed with
 the absolute error, and only then does the model learn from it.
@@ -22,13 +22,13 @@ that only serve to sample, never to learn or predict).
 
 >>> model = MomentModel()
 >>> model.predict_proba_one({"views": 1.0})
-0.5
+{False: 0.5, True: 0.5}
 >>> for i in range(200):
 ...     model.learn_one({"views": float(i % 10)}, i % 10 >= 5)
 >>> model.examples_seen, model.ready(100)
 (200, True)
->>> round(model.predict_proba_one({"views": 9.0}), 2), round(model.predict_proba_one({"views": 0.0}), 2)
-(0.74, 0.26)
+>>> [round(model.predict_proba_one({"views": v})[True], 2) for v in (9.0, 0.0)]
+[0.74, 0.26]
 >>> model.auc > 0.9, model.drift_alarms
 (True, 0)
 """
@@ -115,12 +115,26 @@ class MomentModel:
         self._alarms = 0
         self._drifted = False
 
-    def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        """The probability, in ``[0, 1]``, that the outcome follows (0.5 from an untrained linear model).
+    def predict_proba_one(self, x: Mapping[str, float]) -> dict[bool, float]:
+        """The probability of each class for ``x``, as River's classifiers give it.
 
-        A classifier that has never seen a positive example says 0 (River's own
-        reading of a probability dict without ``True``).
+        Parameters
+        ----------
+        x
+            The example's features.
+
+        Returns
+        -------
+        dict
+            ``{False: 1 - p, True: p}``, ``p`` in ``[0, 1]`` the probability that the
+            outcome follows: 0.5 from an untrained linear model, 0 from a classifier
+            that has never seen a positive example (River's own reading of a
+            probability dict without ``True``).
         """
+        p = self._proba_true(x)
+        return {False: 1.0 - p, True: p}
+
+    def _proba_true(self, x: Mapping[str, float]) -> float:
         proba = self.classifier.predict_proba_one(dict(x))
         p = float(proba.get(True, 0.0))
         if math.isnan(p):
@@ -130,7 +144,7 @@ class MomentModel:
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
         """Score ``x`` (updating the progressive metrics and the drift detector), then learn ``y``."""
         y = bool(y)
-        p = self.predict_proba_one(x)
+        p = self._proba_true(x)
         self._auc.update(y, p)
         self._log_loss.update(y, p)
         self._drift.update(abs(float(y) - p))

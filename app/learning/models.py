@@ -43,7 +43,7 @@ class Models:
         model = self.moments[moment]
         if not model.ready(self.config.min_examples):
             return None
-        return round(model.predict_proba_one(x), 4)
+        return round(model.predict_proba_one(x)[True], 4)
 
     def segment(self, x: Mapping[str, float]) -> int | None:
         """The micro-segment of a customer whose features are ``x``."""
