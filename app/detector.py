@@ -75,9 +75,20 @@ class Detector:
         learn: bool = True,
         pseudonym_key: bytes = b"",
     ) -> None:
-        """``models`` score candidates (learning on): given ones, or fresh ones learning from
-        each outcome as it is known, when ``learn`` (replay); else examples are only reported.
-        ``pseudonym_key`` keys the customer's pseudonym in examples (a worker's: they leave it)."""
+        """Detection of the catalogue's moments, one customer's events at a time.
+
+        Parameters
+        ----------
+        catalogue
+            The moments, windows, policy and learning configuration.
+        models
+            The models that score candidates when learning is on; fresh ones if None.
+        learn
+            Whether the models learn from each outcome as it is known (replay); if not,
+            the labelled examples are only reported (a worker: the learners learn).
+        pseudonym_key
+            Keys the customer's pseudonym in examples (a worker's examples leave it).
+        """
         self.catalogue = catalogue
         learning = catalogue.learning
         self.models = (models or Models(learning)) if learning.enabled else None
@@ -129,10 +140,25 @@ class Detector:
         self._cart_span = self.cart.config.cooldown + window.allowed_lateness
 
     def observe(self, state: CustomerState, event: Event, ts: int) -> Observation:
-        """Add ``event`` (whose ``occurred_at`` is ``ts`` ms) to ``state``; return what it completes.
+        """Add ``event`` to ``state``; return what it completes.
 
         An event id already in the window changes nothing, so reprocessing after
         a crash and producer retries are harmless.
+
+        Parameters
+        ----------
+        state
+            The event's customer's state, updated in place.
+        event
+            The event, valid and decoded.
+        ts
+            Its ``occurred_at``, in ms since the epoch.
+
+        Returns
+        -------
+        Observation
+            The detections (scored and judged by the policy) and labelled examples it
+            completes; ``QUIET`` if none.
         """
         kind = event.kind
         if kind in FACT_KINDS:
@@ -178,7 +204,20 @@ class Detector:
         return observation
 
     def expire(self, state: CustomerState, now: int) -> Observation:
-        """What event time ``now`` passing completes: the cart's deadline, unlabelled outcomes."""
+        """What event time ``now`` passing completes: the cart's deadline, unlabelled outcomes.
+
+        Parameters
+        ----------
+        state
+            The customer's state, updated in place.
+        now
+            The event time (ms) reached: the stream's watermark.
+
+        Returns
+        -------
+        Observation
+            A cart abandonment detected, and outcomes labelled negative; ``QUIET`` if none.
+        """
         observation = QUIET
         if state.pending:
             state.pending, negatives = expire_pending(state.pending, now)

@@ -336,8 +336,17 @@ class Pipeline:
     async def commit(self, batch: Batch, positions: Mapping[str, Mapping[str, int]] | None = None) -> None:
         """Save every changed state and each stream's checkpoint, all at once.
 
-        ``positions``: per stream, where its input stands once this batch is applied (see
-        :meth:`positions`).
+        Parameters
+        ----------
+        batch
+            A batch :meth:`run` returned, its output published.
+        positions
+            Per stream, where its input stands once this batch is applied (see
+            :meth:`positions`): records below are skipped if read again.
+
+        Raises :class:`~app.state.store.ConflictError` if another process has claimed a
+        stream, or changed a state, since this one loaded it; nothing of that stream is
+        written.
         """
         saves = []
         written: set[str] = set()

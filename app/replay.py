@@ -174,8 +174,35 @@ async def replay(
 ) -> Summary:
     """Replay ``paths`` and write one trigger per line to ``out``; state in memory unless ``store``.
 
-    Detections of customers in holdout groups go to ``held_out`` when given;
-    labelled examples (learning) are appended to ``examples`` when given.
+    Parameters
+    ----------
+    paths
+        JSON Lines files of events, read in turn; events in time order within each
+        (ties in any order: they are applied in the worker's tie order).
+    catalogue
+        The moments, windows, policy and learning configuration.
+    out
+        Where the triggers go, one CloudEvents JSON document per line.
+    on_problem
+        Called with each line not applied (invalid, late, too far ahead, or whose
+        processing raised), in input order.
+    strict
+        Stop at the first problem (:class:`ReplayError`) instead of reporting it.
+    show_progress
+        Print progress to stderr; None: when stderr is a terminal.
+    batch_size
+        Events processed between two saves of the states.
+    store
+        Where customer states are kept; a fresh in-memory store if None.
+    held_out
+        Where detections of customers in holdout groups go, one per line; dropped if None.
+    examples
+        Labelled examples (learning) are appended to it when given.
+
+    Returns
+    -------
+    Summary
+        Counts of events, triggers, suppressions, problems, and the models' quality.
     """
     started = time.perf_counter()
     detector = Detector(catalogue)

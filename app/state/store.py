@@ -128,19 +128,52 @@ class ConflictError(RuntimeError):
 
 
 class StateStore(Protocol):
+    """Where customer states and streams' checkpoints live (Redis, one node or a cluster; memory)."""
+
     async def load(self, customers: Mapping[str, Collection[str]]) -> dict[str, Versioned]:
-        """The stored states of ``customers`` (by the stream they are on), by customer: unknown and
-        expired ones are absent; an erased one comes back blank, at its tombstone's version."""
+        """The stored states of ``customers``.
+
+        Parameters
+        ----------
+        customers
+            Stream -> the customers on it whose states are wanted.
+
+        Returns
+        -------
+        dict
+            Customer -> its state and version. Unknown and expired customers are absent;
+            an erased one comes back blank, at its tombstone's version.
+        """
 
     async def save(self, saves: Sequence[StreamSave]) -> None:
-        """Erase, then write states and streams' checkpoint changes, all or nothing.
+        """Erase, then write states and streams' checkpoint changes.
 
-        Raises :class:`ConflictError`, writing nothing, if any state's stored version (or
-        erasure's) differs from the one expected, or any stream's epoch from its save's.
+        Parameters
+        ----------
+        saves
+            Per stream: its states to write and erase, its clock, deadline changes,
+            input positions and the epoch it was claimed at.
+
+        Each stream's save is all or nothing; on one Redis (and in memory) the whole
+        call is. Raises :class:`ConflictError`, writing nothing of the stream, if any
+        state's stored version (or erasure's) differs from the one expected, or the
+        stream's epoch from its save's.
         """
 
     async def claim(self, stream: str) -> int:
-        """Make this process the stream's writer: its new epoch, which refuses earlier claims' saves."""
+        """Make this process the stream's writer.
+
+        Parameters
+        ----------
+        stream
+            The stream (a partition) to write.
+
+        Returns
+        -------
+        int
+            The stream's new epoch, which every later save of this process carries: saves
+            of earlier claims are refused from now on.
+        """
 
     async def reconcile(self, stream: str, epoch: int, committed: Mapping[str, int | None]) -> Reconciled:
         """Bring a claimed stream in line with the input committed: ``committed`` per source (None:
@@ -158,6 +191,17 @@ class StateStore(Protocol):
         """Every stream's clock as last saved (streams without one yet are absent)."""
 
     async def forget(self, customer: str) -> bool:
-        """Erase everything held about ``customer`` (a tombstone stays); True if there was anything."""
+        """Erase everything held about ``customer``: state and deadlines (a tombstone stays).
+
+        Parameters
+        ----------
+        customer
+            The customer's id.
+
+        Returns
+        -------
+        bool
+            Whether anything was held.
+        """
 
     async def close(self) -> None: ...

@@ -117,6 +117,20 @@ class _Held:
 
 
 class Learner:
+    """Learns the models from the training topic and stores their snapshots in Redis.
+
+    Parameters
+    ----------
+    settings
+        The worker's settings: the training topic, its group (``<MM_GROUP_ID>.learner``).
+    config
+        The models' configuration.
+    store
+        Where snapshots are stored, versioned (compare-and-set).
+    metrics
+        Where the models' quality and snapshots are counted, if anywhere.
+    """
+
     def __init__(
         self,
         settings: Settings,
