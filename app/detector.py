@@ -80,7 +80,7 @@ class Detector:
         Parameters
         ----------
         catalogue
-            The moments, windows, policy and learning configuration.
+            The moments, windows and learning configuration.
         models
             The models that score candidates when learning is on; fresh ones if None.
         learn
@@ -157,8 +157,8 @@ class Detector:
         Returns
         -------
         Observation
-            The detections (scored and judged by the policy) and labelled examples it
-            completes; ``QUIET`` if none.
+            The detections it completes (scored, for the policy to judge) and the
+            labelled examples; ``QUIET`` if none.
         """
         kind = event.kind
         if kind in FACT_KINDS:
