@@ -68,6 +68,11 @@ async def lags(settings: Settings, reader: AIOKafkaConsumer) -> dict[TopicPartit
     return found
 
 
+# Live customers per interleaved generator: enough that each shops now and then, as real ones do
+# (a few events within the detector's windows), not every few seconds.
+CUSTOMERS = 400_000
+
+
 def steady_scale(rate: float, seed: int) -> float:
     """The ``scale`` at which :func:`live_events` offers ``rate`` once its sessions have built up.
 
@@ -78,7 +83,7 @@ def steady_scale(rate: float, seed: int) -> float:
     parts = max(1, math.ceil(rate / 2500))
     generator = TrafficGenerator(
         seed=seed,
-        customers=5000,
+        customers=CUSTOMERS,
         events_per_second=rate / parts,
         diurnal=False,
         start=datetime.fromtimestamp(0, UTC),
@@ -96,7 +101,9 @@ async def feed(
     producer = new_producer(settings)
     await producer.start()
     try:
-        for sent, (after, event) in enumerate(live_events(rate, started, seed, scale), 1):
+        for sent, (after, event) in enumerate(
+            live_events(rate, started, seed, scale, customers=CUSTOMERS), 1
+        ):
             wait = started + after - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)

@@ -143,16 +143,21 @@ async def measure_throughput(
 
 
 def live_events(
-    rate: float, start: float, seed: int, scale: float = 1.0, until: float | None = None
+    rate: float,
+    start: float,
+    seed: int,
+    scale: float = 1.0,
+    until: float | None = None,
+    customers: int = 5000,
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """Traffic at about ``rate`` from wall-clock ``start`` on (until ``until``, or for ever), as
     (seconds from the start, event), generated as it is read.
 
     Sessions begin WARM_UP_S early and only events from the start on are kept. A
     generator starts at most one session per millisecond: higher rates interleave
-    several, each with 5,000 customers of its own among those of the pre-produced dataset
-    (who have given consent there). The rate asked of them is ``rate`` times ``scale``
-    (see :func:`calibrated`).
+    several, each with ``customers`` of its own (by default 5,000, among those of the
+    pre-produced dataset, who have given consent there). The rate asked of them is ``rate``
+    times ``scale`` (see :func:`calibrated`).
     """
     parts = max(1, math.ceil(rate / 2500))
     until_ms = None if until is None else int(until * 1000)
@@ -162,7 +167,7 @@ def live_events(
                 (_ms(event["occurred_at"]) / 1000 - start, part, event)
                 for event in TrafficGenerator(
                     seed=seed + part,
-                    customers=5000,
+                    customers=customers,
                     events_per_second=rate * scale / parts,
                     diurnal=False,
                     start=datetime.fromtimestamp(start - WARM_UP_S, UTC),
@@ -174,7 +179,7 @@ def live_events(
         key=lambda item: item[0],
     )
     for after, part, event in merged:
-        yield after, {**event, "customer_id": _moved(event["customer_id"], part)}
+        yield after, {**event, "customer_id": _moved(event["customer_id"], part * customers)}
 
 
 def calibrated(rate: float, seed: int, seconds: float = 60.0) -> float:
@@ -192,9 +197,9 @@ def live_traffic(rate: float, seconds: float, seed: int) -> list[tuple[float, di
     return list(live_events(rate, start, seed, scale, until=start + seconds))
 
 
-def _moved(customer: str, part: int) -> str:
-    """Customer ``cust-N`` of generator ``part``: ``cust-(N + 5000 part)``."""
-    return f"cust-{int(customer.removeprefix('cust-')) + 5000 * part:06d}"
+def _moved(customer: str, by: int) -> str:
+    """Customer ``cust-N`` of a generator whose customers start at ``by``: ``cust-(N + by)``."""
+    return f"cust-{int(customer.removeprefix('cust-')) + by:06d}"
 
 
 async def measure_latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:

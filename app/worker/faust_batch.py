@@ -19,7 +19,11 @@ The whole change, kept small and tested in ``tests/integration/test_faust_batch.
   arrives (the embedded one) would otherwise add up to that much latency; and
   reads ``read_committed`` when asked (Faust does only with its own transactions);
 - :class:`BatchProducer` makes the producer's idempotence a setting (Faust
-  enables it only inside transactions).
+  enables it only inside transactions);
+- :class:`QuietWorker` leaves out Faust's terminal spinner, which at log levels
+  from WARNING up sets the root logger to DEBUG so as to spin on every record:
+  every library's debug record (aiokafka logs each request) would then be built,
+  on every fetch and produce, only to be thrown away.
 
 A batch agent owns its offsets: it commits, through :meth:`BatchConsumer.commit_offsets`,
 only what it has fully processed.
@@ -27,6 +31,7 @@ only what it has fully processed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
@@ -149,3 +154,11 @@ class BatchProducer(faust_aiokafka.Producer):
 class BatchTransport(faust_aiokafka.Transport):
     Consumer = BatchConsumer
     Producer = BatchProducer
+
+
+class QuietWorker(faust.Worker):
+    """Faust's worker without its terminal spinner: the root logger keeps the level asked for."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)

@@ -10,7 +10,6 @@ import socket
 from collections.abc import Mapping
 from functools import partial
 
-import faust
 import msgspec
 from redis.exceptions import RedisError
 
@@ -27,7 +26,7 @@ from app.state.redis import RedisStateStore, connect
 from app.state.store import StateStore
 from app.worker.agent import DetectorAgent
 from app.worker.datadir import process_datadir
-from app.worker.faust_batch import BatchApp
+from app.worker.faust_batch import BatchApp, QuietWorker
 from app.worker.http import Check, OpsServer, listen
 from app.worker.instruments import PING_TIMEOUT_S, MeteredStore, readiness, watch_consumer
 from app.worker.kafka import ensure_topics, faust_brokers, faust_credentials
@@ -178,7 +177,7 @@ def run_worker(settings: Settings) -> int:
     watch_consumer(metrics, app)
     # /metrics, /livez, /readyz: started before the app, stopped after it.
     ops = OpsServer(sock, metrics.registry, readiness(app, store), loop_lag=metrics.event_loop_lag)
-    worker = faust.Worker(app, ops, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = QuietWorker(app, ops, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 
