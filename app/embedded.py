@@ -369,6 +369,20 @@ class EmbeddedRedisCluster:
         """The nodes that are primaries now (a failover changes them)."""
         return [node for node in self.nodes if node.running and self._role(node) == "master"]
 
+    def primary_of(self, slot: int) -> EmbeddedRedis:
+        """The primary that serves hash slot ``slot`` now."""
+        # CLUSTER NODES: id addr flags primary ping pong epoch link slot-range...
+        for line in self._cli(self.primaries()[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2].split(",") or "fail" in fields[2]:
+                continue
+            for served in fields[8:]:
+                first, _, last = served.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no primary serves slot {slot}")
+
     def _role(self, node: EmbeddedRedis) -> str:
         return self._cli(node, "ROLE").split("\n", 1)[0].strip()
 

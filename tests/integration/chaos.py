@@ -49,6 +49,7 @@ from harness import (
     wait_consumed,
     write_jsonl,
 )
+from redis.crc import key_slot
 
 from app.apache_kafka import ApacheKafka
 from app.decoding import MAX_EVENT_BYTES
@@ -56,6 +57,7 @@ from app.embedded import Broker, EmbeddedRedis, EmbeddedRedisCluster
 from app.settings import Settings
 from app.traffic import TrafficGenerator
 from app.triggers import format_time
+from app.worker.agent import stream_of
 
 # --- input ---------------------------------------------------------------------------------------
 
@@ -345,12 +347,13 @@ def broker_restarted(broker: ApacheKafka, how: str, down: float = 2.0, within: f
 
 
 def primary_failed_over(cluster: EmbeddedRedisCluster, within: float = 60.0) -> Fault:
-    """A Redis Cluster primary killed (SIGKILL) in the middle of the run: its replica takes over
-    once the others see it gone; the dead node, started again, comes back as a replica."""
+    """The Redis Cluster primary that holds a stream (partition 0's: its states, clock and
+    deadlines) killed (SIGKILL) in the middle of the run: its replica takes over once the
+    others see it gone; the dead node, started again, comes back as a replica."""
 
     def inject(crew: Crew, redis: StateRedis, rng: random.Random) -> list[str]:
         left = midway(crew, within)
-        victim = rng.choice(cluster.primaries())
+        victim = cluster.primary_of(key_slot(stream_of(0).encode()))
         victim.kill()
         began = time.monotonic()
         cluster.wait_healthy()  # every slot served again: a replica promoted
