@@ -46,7 +46,7 @@ from app.learning.models import Models
 from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment, MomentConfig
 from app.moments.cart_abandonment import CartAbandonment
-from app.policy import DAY, Policy
+from app.policy import DAY
 from app.privacy import pseudonym
 from app.signals import Vocabulary
 from app.window import Consent, CustomerState, Entry, Order, clear, contains_event, insert, prune
@@ -105,7 +105,6 @@ class Detector:
             for kind in range(len(Kind.NAMES))
         }
         self._tracks_cart = self.cart.name in self.moments
-        self.policy = Policy(catalogue.policy)
         self.vocabulary = Vocabulary(
             price_words=cfg.price_comparison.keywords,
             review_words=cfg.review_seeking.keywords,

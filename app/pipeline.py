@@ -27,6 +27,7 @@ from app.detection import Detection
 from app.detector import Detector
 from app.events import Event, ForgetRequest
 from app.learning.labels import LabelledExample
+from app.policy import Policy
 from app.processor import (
     Broken,
     DeadlineFailed,
@@ -81,6 +82,7 @@ class Pipeline:
     def __init__(
         self,
         detector: Detector,
+        policy: Policy,
         store: StateStore,
         *,
         render: Render | None = None,
@@ -93,6 +95,8 @@ class Pipeline:
         ----------
         detector
             The detection core every stream runs.
+        policy
+            The engagement policy every detection is judged by.
         store
             Where customers' states and streams' checkpoints are kept.
         render
@@ -106,6 +110,7 @@ class Pipeline:
             the input's offsets are committed after the save, in a transaction.
         """
         self.detector = detector
+        self.policy = policy
         self.store = store
         self.render = render
         self.on_claim = on_claim
@@ -138,6 +143,7 @@ class Pipeline:
                 self._positions[stream] = dict(checkpoint.positions)
                 self._processors[stream] = StreamProcessor(
                     self.detector,
+                    self.policy,
                     clock=EventClock(checkpoint.clock, checkpoint.recent),
                     deadlines=checkpoint.deadlines,
                     render=self.render,
@@ -390,7 +396,7 @@ class Pipeline:
 
     def expires_at(self, state: CustomerState) -> int:
         """When the stored state may go: its behaviour's use, or its consent facts' retention."""
-        return max(self.detector.expires_at(state), self.detector.policy.retention_end(state) or 0)
+        return max(self.detector.expires_at(state), self.policy.retention_end(state) or 0)
 
 
 def _restored(loaded: dict[str, Versioned]) -> dict[str, Versioned]:

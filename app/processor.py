@@ -56,7 +56,7 @@ from app.detection import Detection
 from app.detector import QUIET, Detector, Observation
 from app.events import FACT_KINDS, Event, ForgetRequest, Kind
 from app.learning.labels import LabelledExample
-from app.policy import Judgement, Verdict
+from app.policy import Judgement, Policy, Verdict
 from app.state.codec import decode_state, encode_state
 from app.window import CustomerState, contains_event
 
@@ -168,6 +168,7 @@ class StreamProcessor:
     def __init__(
         self,
         detector: Detector,
+        policy: Policy,
         *,
         clock: EventClock | None = None,
         deadlines: Mapping[str, int] | None = None,
@@ -175,12 +176,13 @@ class StreamProcessor:
         broken: Broken | None = None,
         parked: Sequence[Parked] = (),
     ) -> None:
-        """``render`` turns each trigger into its record as it is routed, so that a trigger
+        """``policy`` judges each detection; ``render`` turns each trigger into its record as it
+        is routed, so that a trigger
         that cannot be built fails the event that made it; ``broken`` names the deadlines
         whose firing failed before (why): they are dropped instead of fired; ``parked`` the
         events that wait for the stream's time to reach them (see :attr:`parked`)."""
         self.detector = detector
-        self.policy = detector.policy
+        self.policy = policy
         self.event_clock = clock or EventClock()
         self._render = render
         self._broken: Broken = broken if broken is not None else {}

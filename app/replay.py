@@ -30,6 +30,7 @@ from app.detector import Detector
 from app.events import TIE_RANK, Event
 from app.learning.labels import LabelledExample
 from app.pipeline import Batch, Pipeline
+from app.policy import Policy
 from app.processor import Status
 from app.state.memory import MemoryStateStore
 from app.state.store import StateStore
@@ -209,8 +210,9 @@ async def replay(
     # Replay saves every state it changes and never redoes a batch, so the states of the
     # customers active now need no copies. (`is None`, not `or`: an empty store is falsy.)
     store = MemoryStateStore(shared=SHARED_STATES) if store is None else store
-    writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
-    pipeline = Pipeline(detector, store, render=writer.record)
+    policy = Policy(catalogue.policy)
+    writer = TriggerWriter(catalogue.trigger.source, policy.subject)
+    pipeline = Pipeline(detector, policy, store, render=writer.record)
     summary = Summary(files=len(paths))
 
     # Problems by position in the input: decoding finds some as lines are read, the core

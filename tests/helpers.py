@@ -21,6 +21,7 @@ from app.durations import Duration
 from app.events import Event
 from app.learning.labels import LabelledExample
 from app.pipeline import Pipeline
+from app.policy import Policy
 from app.processor import Status, StreamProcessor
 from app.state.memory import MemoryStateStore
 from app.triggers import encode, format_time, to_cloudevent
@@ -115,7 +116,7 @@ def run(
 ) -> Run:
     """Process ``events`` through one :class:`StreamProcessor` (in batches), optionally flushing."""
     events = list(events)
-    result = Run(StreamProcessor(Detector(catalogue)), {})
+    result = Run(StreamProcessor(Detector(catalogue), Policy(catalogue.policy)), {})
     size = batch_size or max(len(events), 1)
     outcomes = [
         result.processor.process(events[i : i + size], result.states) for i in range(0, len(events), size)
@@ -147,7 +148,7 @@ async def pipeline_triggers(
     events: Sequence[Event], batch_size: int, catalogue: Catalogue = DEFAULTS
 ) -> bytes:
     """Triggers of a replay of ``events`` through :class:`Pipeline` and the in-memory store."""
-    pipeline = Pipeline(Detector(catalogue), MemoryStateStore())
+    pipeline = Pipeline(Detector(catalogue), Policy(catalogue.policy), MemoryStateStore())
     detections: list[Detection] = []
     for i in range(0, len(events), batch_size):
         batch = await pipeline.run({"test": events[i : i + batch_size]})

@@ -52,7 +52,9 @@ async def through_pipeline(
     events: Sequence[Event], batch_size: int, *, flush: bool = True
 ) -> tuple[bytes, list[Batch]]:
     writer = TriggerWriter(DEFAULTS.trigger.source, str)
-    pipeline = Pipeline(Detector(DEFAULTS), MemoryStateStore(shared=1000), render=writer.record)
+    pipeline = Pipeline(
+        Detector(DEFAULTS), Policy(DEFAULTS.policy), MemoryStateStore(shared=1000), render=writer.record
+    )
     batches = []
     for i in range(0, len(events), batch_size):
         batches.append(await pipeline.run({"s": events[i : i + batch_size]}))

@@ -108,7 +108,7 @@ class Stream:
     """One stream through the real core; each ``send`` is one batch, results accumulate."""
 
     def __init__(self, catalogue: Catalogue, deadlines: dict[str, int] | None = None) -> None:
-        self.processor = StreamProcessor(Detector(catalogue), deadlines=deadlines)
+        self.processor = StreamProcessor(Detector(catalogue), Policy(catalogue.policy), deadlines=deadlines)
         self.states: dict[str, CustomerState] = {}
         self.published: list[Detection] = []
         self.held_out: list[Detection] = []
@@ -722,13 +722,14 @@ def test_deferrals_survive_a_restart() -> None:
     morning = ticks(AFTER_RELEASE)
 
     async def first_run() -> None:
-        pipeline = Pipeline(Detector(catalogue), store)
+        pipeline = Pipeline(Detector(catalogue), Policy(catalogue.policy), store)
         batch = await pipeline.run({"p0": night})
         assert batch.detections == []
         await pipeline.commit(batch)
 
     async def after_restart() -> tuple[list[Detection], dict[str, int]]:
-        pipeline = Pipeline(Detector(catalogue), store)  # a new process: nothing in memory
+        # A new process: nothing in memory.
+        pipeline = Pipeline(Detector(catalogue), Policy(catalogue.policy), store)
         await pipeline.open(["p0"])
         deadlines = dict(pipeline.processor("p0").deadlines)
         batch = await pipeline.run({"p0": morning})
@@ -861,7 +862,7 @@ def test_forget_through_the_pipeline_leaves_nothing_in_the_store() -> None:
     request = _forget("11h50m")
 
     async def run() -> tuple[list[ForgetRequest], dict[str, Any], dict[str, int]]:
-        pipeline = Pipeline(Detector(catalogue), store)
+        pipeline = Pipeline(Detector(catalogue), Policy(catalogue.policy), store)
         batch = await pipeline.run(
             {
                 "p0": [
@@ -894,7 +895,7 @@ def test_a_customer_back_in_the_same_batch_is_saved_as_new() -> None:
     store = MemoryStateStore()
 
     async def run() -> dict[str, Any]:
-        pipeline = Pipeline(Detector(configured()), store)
+        pipeline = Pipeline(Detector(catalogue := configured()), Policy(catalogue.policy), store)
         batch = await pipeline.run({"p0": [revoked("1m"), fire("local_intent", "2m")]})
         await pipeline.commit(batch)
         batch = await pipeline.run({"p0": [_forget("3m"), fire("price_comparison", "4m")]})

@@ -18,13 +18,14 @@ from helpers import (
 from app.clock import EventClock
 from app.config import load_catalogue
 from app.detector import Detector
+from app.policy import Policy
 from app.processor import PARK_LIMIT, Status, StreamProcessor
 from app.state.codec import encode_state
 from app.window import CustomerState
 
 
 def test_the_watermark_trails_the_latest_event_time_by_the_allowed_lateness() -> None:
-    processor = StreamProcessor(Detector(DEFAULTS))
+    processor = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy))
     processor.process(ticks("9m")[:-1], {})
     assert processor.watermark is None  # not enough events yet to tell the time
     processor.process([ev("page_view", "9m"), *ticks("10m")], {})
@@ -51,7 +52,7 @@ def test_no_number_of_events_from_one_device_moves_the_clock() -> None:
 
 
 def test_three_distinct_customers_move_the_clock() -> None:
-    processor = StreamProcessor(Detector(DEFAULTS))
+    processor = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy))
     processor.process([ev("page_view", "5m", customer=c) for c in ("a", "b")], {})
     assert processor.clock is None
     processor.process([ev("page_view", "6m", customer="c")], {})
@@ -104,7 +105,7 @@ def test_lateness_does_not_depend_on_whether_a_store_dropped_a_spent_state() -> 
 
 
 def test_a_lagging_input_holds_deadlines_and_lateness_back() -> None:
-    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor, states = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy)), {}
     processor.process([ev("add_to_cart", "0s", product_id="p1")], states)
     # Another topic runs ahead to 40m while the one with the purchase lags at 10m.
     ahead = processor.process(ticks("40m"), states, hold=at("10m"))
@@ -123,7 +124,7 @@ def test_a_lagging_input_holds_deadlines_and_lateness_back() -> None:
 
 
 def test_a_quiet_stream_follows_the_time_of_the_rest_of_the_deployment() -> None:
-    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor, states = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy)), {}
     processor.process([*ticks("0s"), ev("add_to_cart", "1m", product_id="p1")], states)
     assert processor.due([], at("40m")) == {"c1"}
     outcome = processor.advance(at("40m"), states)
@@ -138,7 +139,7 @@ def test_a_stream_quiet_for_longer_than_the_skew_waits_for_the_deployments_time(
     # It waits (parked) rather than being rejected, and goes as soon as the deployment's time,
     # which the other partitions have moved on, reaches this stream.
     later = DEFAULTS.window.max_future_skew + 3_600_000
-    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor, states = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy)), {}
     processor.process(ticks("0s"), states)
     compare = ev("compare_view", later)
     assert processor.process([compare], states).statuses == [Status.PARKED]
@@ -160,7 +161,7 @@ def test_before_the_clock_is_known_far_ahead_is_judged_against_what_came_before(
 
 
 def test_late_events_are_counted_and_change_nothing() -> None:
-    processor, states = StreamProcessor(Detector(DEFAULTS)), {}
+    processor, states = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy)), {}
     processor.process([ev("page_view", "10m"), *ticks("10m")], states)
     before = encode_state(states["c1"])
 
@@ -240,11 +241,13 @@ def test_an_out_of_order_event_is_evaluated_against_what_came_before_it() -> Non
 
 
 def test_deadlines_survive_a_restart_of_the_processor() -> None:
-    first = StreamProcessor(Detector(DEFAULTS))
+    first = StreamProcessor(Detector(DEFAULTS), Policy(DEFAULTS.policy))
     states: dict[str, CustomerState] = {}
     first.process([ev("add_to_cart", "0s", product_id="p1")], states)
 
-    resumed = StreamProcessor(Detector(DEFAULTS), clock=first.event_clock.copy(), deadlines=first.deadlines)
+    resumed = StreamProcessor(
+        Detector(DEFAULTS), Policy(DEFAULTS.policy), clock=first.event_clock.copy(), deadlines=first.deadlines
+    )
     tick = ticks("40m")
     assert resumed.due(tick) == {"c1"}
     outcome = resumed.process(tick, states)
@@ -255,7 +258,9 @@ def test_deadlines_survive_a_restart_of_the_processor() -> None:
 
 def test_a_due_deadline_of_a_customer_without_state_is_dropped() -> None:
     # The customer was erased (or expired) since the deadline was armed: nothing to fire.
-    processor = StreamProcessor(Detector(DEFAULTS), clock=EventClock(at("0s")), deadlines={"c1": at("30m")})
+    processor = StreamProcessor(
+        Detector(DEFAULTS), Policy(DEFAULTS.policy), clock=EventClock(at("0s")), deadlines={"c1": at("30m")}
+    )
     outcome = processor.process(ticks("40m"), {})
     assert outcome.detections == []
     assert outcome.deadlines == {"c1": None}

@@ -50,7 +50,7 @@ from app.events import (
 )
 from app.journey import Stage
 from app.pipeline import Pipeline
-from app.policy import sha256_hex
+from app.policy import Policy, sha256_hex
 from app.replay import replay
 from app.settings import load_settings
 from app.state.memory import MemoryStateStore
@@ -1712,14 +1712,15 @@ def test_confirmations_of_the_pipelines_erasures_validate() -> None:
     """A forget request through the real pipeline, confirmed as the worker does, hashed ids on."""
     catalogue = load_catalogue(DETECTION_ONLY, overrides={"policy": {"hash_customer_ids": True}})
     detector = Detector(catalogue)
-    writer = TriggerWriter(catalogue.trigger.source, detector.policy.subject)
+    policy = Policy(catalogue.policy)
+    writer = TriggerWriter(catalogue.trigger.source, policy.subject)
     events = [
         decode_event(orjson.dumps(VALID["consent granted"])),
         decode_event(orjson.dumps({**VALID["forget with request_id"], "event_id": "e-2"})),
     ]
 
     async def forgotten() -> list[ForgetRequest]:
-        pipeline = Pipeline(detector, MemoryStateStore())
+        pipeline = Pipeline(detector, policy, MemoryStateStore())
         batch = await pipeline.run({"s": [e for e in events if not isinstance(e, Rejection)]})
         await pipeline.commit(batch)
         return batch.forgotten

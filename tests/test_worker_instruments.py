@@ -21,6 +21,7 @@ from app.embedded import EmbeddedRedis
 from app.events import Kind
 from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
+from app.policy import Policy
 from app.state.memory import MemoryStateStore
 from app.state.redis import RedisStateStore
 from app.state.store import Checkpoint, ConflictError, StreamSave, Versioned
@@ -74,7 +75,7 @@ def test_fetch_times_follow_records_across_fetches() -> None:
 
 async def test_routed_and_completed_batches_are_counted() -> None:
     catalogue = load_catalogue()
-    pipeline = Pipeline(Detector(catalogue), MemoryStateStore())
+    pipeline = Pipeline(Detector(catalogue), Policy(catalogue.policy), MemoryStateStore())
     events = [
         raw("search", "0s", customer="c1", query="cheap headphones"),
         raw("product_view", "1m", customer="c1", product_id="p1", category="tv", price=499.0),

@@ -161,7 +161,7 @@ class DetectorAgent:
             pipeline.on_claim = self._claimed
             pipeline.undo = True
         self._fetch_times = FetchTimes()
-        self.writer = TriggerWriter(source, pipeline.detector.policy.subject)
+        self.writer = TriggerWriter(source, pipeline.policy.subject)
         # The core builds each trigger's record as it routes it: one it cannot build
         # fails only the event that made it.
         pipeline.render = self.writer.record

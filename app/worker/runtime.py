@@ -19,6 +19,7 @@ from app.learning.config import LearningConfig
 from app.learning.models import Models
 from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
+from app.policy import Policy
 from app.settings import Settings, SettingsError
 from app.state.memory import MemoryStateStore
 from app.state.model_store import ModelStore
@@ -71,9 +72,8 @@ def build_app(
     # Scorers only: each model is learnt by one learner (app.worker.learning).
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else b""
     detector = Detector(catalogue, learn=False, pseudonym_key=key)
-    agent = DetectorAgent(
-        app, settings, Pipeline(detector, store), source=catalogue.trigger.source, metrics=metrics
-    )
+    pipeline = Pipeline(detector, Policy(catalogue.policy), store)
+    agent = DetectorAgent(app, settings, pipeline, source=catalogue.trigger.source, metrics=metrics)
     if detector.models is not None:
         _learn(app, settings, catalogue, detector.models, metrics)
     return app, agent

@@ -16,6 +16,7 @@ from helpers import T0
 from app.config import load_catalogue
 from app.detector import Detector
 from app.pipeline import Pipeline
+from app.policy import Policy
 from app.settings import load_settings
 from app.state.memory import MemoryStateStore
 from app.triggers import format_time
@@ -306,7 +307,12 @@ async def test_agent_pauses_topic_partitions_that_pile_up(
     """
     settings = load_settings({}, batch_max=10, partitions=2)
     app = BatchApp("flow-control", broker="kafka://127.0.0.1:9", web_enabled=False, datadir=str(tmp_path))
-    agent = DetectorAgent(app, settings, Pipeline(Detector(load_catalogue()), MemoryStateStore()), source="t")
+    agent = DetectorAgent(
+        app,
+        settings,
+        Pipeline(Detector(catalogue := load_catalogue()), Policy(catalogue.policy), MemoryStateStore()),
+        source="t",
+    )
     consumer = app.consumer
     assert isinstance(consumer, BatchConsumer)
     clicks, search = settings.topic_clickstream, settings.topic_search
