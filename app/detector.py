@@ -37,9 +37,7 @@ from app.events import (
     SuppressionEvent,
 )
 from app.journey import journey_stage
-from app.learning.features import features, sparse
-from app.learning.labels import LabelledExample, PendingExample, example_id, resolve
-from app.learning.labels import add as add_pending
+from app.learning.labels import LabelledExample, resolve
 from app.learning.labels import expire as expire_pending
 from app.learning.labels import next_deadline as next_pending
 from app.learning.models import Models
@@ -47,7 +45,7 @@ from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment, MomentConfig
 from app.moments.cart_abandonment import CartAbandonment
 from app.policy import DAY
-from app.privacy import pseudonym
+from app.scorer import Scorer
 from app.signals import Vocabulary
 from app.window import Consent, CustomerState, Entry, Order, clear, contains_event, insert, prune
 
@@ -91,11 +89,13 @@ class Detector:
         """
         self.catalogue = catalogue
         learning = catalogue.learning
-        self.models = (models or Models(learning)) if learning.enabled else None
-        self._learn = learn
+        self.scorer = (
+            Scorer(catalogue, models=models, learn=learn, pseudonym_key=pseudonym_key)
+            if learning.enabled
+            else None
+        )
+        self.models = self.scorer.models if self.scorer is not None else None
         self._outcomes = learning.outcome_kinds()
-        self._horizons = learning.horizons()
-        self._pseudonym_key = pseudonym_key
         cfg = catalogue.moments
         every = [moment(getattr(cfg, moment.name)) for moment in MOMENT_TYPES]
         self.cart = next(m for m in every if isinstance(m, CartAbandonment))
@@ -280,26 +280,8 @@ class Detector:
             observation.suppressed.append((candidate.moment, "cooldown"))
             return
         score, decided_by = candidate.score, Decider.RULES
-        if self.models is not None:
-            x = features(state, candidate.ts, recent=self.catalogue.window.stats_window)
-            learnt = self.models.score(candidate.moment, x)
-            if learnt is not None:
-                score, decided_by = learnt, Decider.MODEL
-            state.segment = self.models.segment(x)
-            # Every scored candidate waits for its outcome, triggered or not, so a model
-            # does not only ever learn from its own choices.
-            example = PendingExample(
-                candidate.moment,
-                candidate.ts,
-                candidate.ts + self._horizons[candidate.moment],
-                sparse(x),
-                score,
-                decided_by,
-                score >= cfg.threshold,
-                example_id(state.customer_id, candidate.moment, candidate.ts, salt=self._pseudonym_key),
-                pseudonym(state.customer_id, self._pseudonym_key),
-            )
-            state.pending, _ = add_pending(state.pending, example, limit=self.catalogue.learning.max_pending)
+        if self.scorer is not None:
+            score, decided_by = self.scorer.score(state, candidate, threshold=cfg.threshold)
         if score < cfg.threshold:
             observation.suppressed.append((candidate.moment, "below_threshold"))
             return
@@ -310,9 +292,8 @@ class Detector:
         """Outcomes known: learn from them (replay) and report them."""
         if not examples:
             return observation
-        if self._learn and self.models is not None:
-            for example in examples:
-                self.models.learn(example)
+        if self.scorer is not None:
+            self.scorer.learnt(examples)
         if observation is QUIET:
             observation = Observation()
         observation.examples.extend(examples)

@@ -20,7 +20,7 @@ def test_docstring_examples(name: str) -> None:
     assert result.failed == 0
 
 
-CORE = ["clock", "decoding", "detector", "durations", "signals", "triggers", "learning.config"]
+CORE = ["clock", "decoding", "detector", "durations", "scorer", "signals", "triggers", "learning.config"]
 CORE += ["learning.features", "learning.labels", "learning.model", "learning.segments", "learning.snapshot"]
 
 
