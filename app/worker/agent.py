@@ -722,12 +722,10 @@ class DetectorAgent:
     async def _on_partitions_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = sorted({tp.partition for tp in assigned if tp.topic in self._order})
         log.info("assigned partitions %s of the input topics", partitions)
-        if partitions:
-            # Claimed at once, not with their first batch: from then on the earlier owner, should
-            # it still be at work (paused past its session), has its saves refused even on streams
-            # this worker has not read yet. And a transaction an earlier owner left open holds back
-            # every read_committed consumer of its partitions until it is aborted, which the claim
-            # does. Apart from the rebalance, which must not wait for it.
+        if self.transactions is not None and partitions:
+            # Claimed at once, not with their first batch: a transaction an earlier owner left
+            # open holds back every read_committed consumer of its partitions until it is aborted,
+            # which the claim does. Apart from the rebalance, which must not wait for it.
             self._claiming = asyncio.ensure_future(self._claim_assigned(partitions))
 
     async def _claim_assigned(self, partitions: list[int]) -> None:

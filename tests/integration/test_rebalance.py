@@ -21,6 +21,7 @@ import pytest
 from chaos import compare, shop, with_ticks
 from faults import STALL, planted
 from harness import (
+    PARTITIONS,
     TIMEOUT,
     WorkerProcess,
     Workers,
@@ -34,8 +35,10 @@ from harness import (
     wait_for_records,
     write_jsonl,
 )
+from redis import Redis as SyncRedis
 
-from app.embedded import Broker, EmbeddedRedis
+from app.embedded import LOOPBACK, Broker, EmbeddedRedis
+from app.worker.agent import stream_of
 
 
 @pytest.fixture
@@ -86,6 +89,9 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
                 broker.bootstrap, settings.topic_triggers, len(expected.triggers) // 2, workers, TIMEOUT
             )
         )
+        # And has claimed every stream (each one's epoch moved on past the zombie's claim): a
+        # stream it has not read yet would still be the zombie's to write.
+        wait_until("the successor's claims", lambda: claimed_twice(own_redis, settings.redis_prefix), 60)
     finally:
         zombie.resume()
     # Awake, the zombie finishes its batch: its save is refused (the successor claimed the
@@ -103,6 +109,16 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
     if guarantee == "exactly_once":
         # Its producer fenced too: nothing of what it sent awake is read committed.
         assert report.duplicated == 0, str(report)
+
+
+def claimed_twice(redis: EmbeddedRedis, prefix: str) -> bool:
+    """Whether every stream has been claimed twice: by the first worker, then by its successor."""
+    client = SyncRedis(host=LOOPBACK, port=redis.port)
+    try:
+        epochs = client.mget([f"{prefix}:epoch:{{{stream_of(p)}}}" for p in range(PARTITIONS)])
+    finally:
+        client.close()
+    return all(int(epoch or 0) >= 2 for epoch in epochs)
 
 
 def test_a_batch_retrying_while_redis_hangs_gives_its_partitions_up_at_once(
