@@ -35,26 +35,24 @@ DETECTION_ONLY = Path(__file__).parent.parent / "fixtures" / "scenarios" / "dete
 
 @pytest.fixture(params=["memory", "memory-shared", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    async for opened in opened_store(request):
+        yield opened
+
+
+async def opened_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    """The store ``request.param`` names, empty: in memory (``memory-shared``: sharing only one
+    object, so both kinds of stored state are exercised), on one Redis, or on the session's
+    Redis Cluster (every primary flushed); closed afterwards."""
     if request.param.startswith("memory"):
-        # Sharing only one object: both kinds of stored state are exercised.
         yield MemoryStateStore(shared=1 if request.param == "memory-shared" else 0)
         return
-    if request.param == "redis-cluster":
-        on_cluster = cluster_store(request)
-        yield await on_cluster.__anext__()
-        await on_cluster.aclose()
-        return
-    server = request.getfixturevalue("redis_server")
-    client = aioredis.Redis.from_url(server.url)
-    await client.flushdb()
-    yield RedisStateStore(client)
-    await client.aclose()
-
-
-async def cluster_store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStateStore]:
-    """A store on the session's Redis Cluster, emptied (every primary flushed), closed afterwards."""
-    store = RedisStateStore.from_url(request.getfixturevalue("redis_cluster").url)
-    await store.client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    if request.param == "redis":
+        client = aioredis.Redis.from_url(request.getfixturevalue("redis_server").url)
+        await client.flushdb()
+        store = RedisStateStore(client)
+    else:
+        store = RedisStateStore.from_url(request.getfixturevalue("redis_cluster").url)
+        await store.client.flushdb(target_nodes=RedisCluster.PRIMARIES)
     try:
         yield store
     finally:
@@ -372,19 +370,8 @@ async def test_a_shared_memory_store_serialises_all_but_the_latest_saved_states(
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def undoing_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     """The stores a worker saves with an undo in: Redis, or serialised memory (never replay's)."""
-    if request.param == "memory":
-        yield MemoryStateStore()
-        return
-    if request.param == "redis-cluster":
-        on_cluster = cluster_store(request)
-        yield await on_cluster.__anext__()
-        await on_cluster.aclose()
-        return
-    server = request.getfixturevalue("redis_server")
-    client = aioredis.Redis.from_url(server.url)
-    await client.flushdb()
-    yield RedisStateStore(client)
-    await client.aclose()
+    async for opened in opened_store(request):
+        yield opened
 
 
 async def committed_batch(store: StateStore, epoch: int) -> None:
