@@ -163,8 +163,9 @@ class Pipeline:
     def reclaim(self, streams: Iterable[str]) -> None:
         """As :meth:`reset`, and claim the streams again when next opened: a batch to redo after a
         failure that may have left the store and the committed input apart (see ``on_claim``)."""
+        streams = list(streams)
+        self.reset(streams)
         for stream in streams:
-            self._processors.pop(stream, None)
             self._epochs.pop(stream, None)
 
     def close(self, streams: Iterable[str]) -> None:
