@@ -40,7 +40,6 @@ from app.journey import journey_stage
 from app.learning.labels import LabelledExample, resolve
 from app.learning.labels import expire as expire_pending
 from app.learning.labels import next_deadline as next_pending
-from app.learning.models import Models
 from app.moments import MOMENT_TYPES
 from app.moments.base import Candidate, Moment, MomentConfig
 from app.moments.cart_abandonment import CartAbandonment
@@ -69,9 +68,7 @@ class Detector:
         self,
         catalogue: Catalogue,
         *,
-        models: Models | None = None,
-        learn: bool = True,
-        pseudonym_key: bytes = b"",
+        scorer: Scorer | None = None,
     ) -> None:
         """Detection of the catalogue's moments, one customer's events at a time.
 
@@ -79,21 +76,13 @@ class Detector:
         ----------
         catalogue
             The moments, windows and learning configuration.
-        models
-            The models that score candidates when learning is on; fresh ones if None.
-        learn
-            Whether the models learn from each outcome as it is known (replay); if not,
-            the labelled examples are only reported (a worker: the learners learn).
-        pseudonym_key
-            Keys the customer's pseudonym in examples (a worker's examples leave it).
+        scorer
+            Scores candidates when learning is on: by default one with fresh models that
+            learn from each outcome as it is known (replay's); a worker's only reports them.
         """
         self.catalogue = catalogue
         learning = catalogue.learning
-        self.scorer = (
-            Scorer(catalogue, models=models, learn=learn, pseudonym_key=pseudonym_key)
-            if learning.enabled
-            else None
-        )
+        self.scorer = (scorer or Scorer(catalogue)) if learning.enabled else None
         self.models = self.scorer.models if self.scorer is not None else None
         self._outcomes = learning.outcome_kinds()
         cfg = catalogue.moments

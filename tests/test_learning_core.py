@@ -14,6 +14,7 @@ from app.detection import Decider
 from app.detector import Detector
 from app.learning.models import Models
 from app.replay import replay
+from app.scorer import Scorer
 from app.window import CustomerState
 
 # Detection alone, as in the other core tests, but with learning on.
@@ -91,7 +92,7 @@ def test_expired_state_keeps_its_unlabelled_examples_until_they_resolve() -> Non
 
 def test_triggers_carry_the_customers_segment_once_segments_have_been_learnt() -> None:
     models = Models(LEARNING.learning)
-    detector = Detector(LEARNING, models=models)
+    detector = Detector(LEARNING, scorer=Scorer(LEARNING, models=models))
     for n in range(3):
         state = CustomerState(customer_id=f"c{n}")
         detector.observe(state, ev("compare_view", f"{n}m", customer=f"c{n}"), at(f"{n}m"))

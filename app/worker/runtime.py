@@ -20,6 +20,7 @@ from app.learning.models import Models
 from app.metrics import WorkerMetrics
 from app.pipeline import Pipeline
 from app.policy import Policy
+from app.scorer import Scorer
 from app.settings import Settings, SettingsError
 from app.state.memory import MemoryStateStore
 from app.state.model_store import ModelStore
@@ -71,7 +72,8 @@ def build_app(
     metrics = metrics if metrics is not None else WorkerMetrics(runtime=False)
     # Scorers only: each model is learnt by one learner (app.worker.learning).
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else b""
-    detector = Detector(catalogue, learn=False, pseudonym_key=key)
+    scorer = Scorer(catalogue, learn=False, pseudonym_key=key) if catalogue.learning.enabled else None
+    detector = Detector(catalogue, scorer=scorer)
     pipeline = Pipeline(detector, Policy(catalogue.policy), store)
     agent = DetectorAgent(app, settings, pipeline, source=catalogue.trigger.source, metrics=metrics)
     if detector.models is not None:
