@@ -326,6 +326,7 @@ async def replay(
         await pipeline.open([REPLAY_STREAM])
         await finish(await pipeline.flush(REPLAY_STREAM))
     if detector.models is not None:
+        detector.models.flush()
         summary.models = detector.models.quality()
     summary.seconds = time.perf_counter() - started
     return summary

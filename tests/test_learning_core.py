@@ -10,7 +10,7 @@ import pytest
 from helpers import DETECTION_ONLY, at, ev, run, ticks
 
 from app.config import load_catalogue
-from app.detection import Decider
+from app.detection import Decider, Detection
 from app.detector import Detector
 from app.learning.models import Models
 from app.replay import replay
@@ -61,26 +61,32 @@ def test_a_cart_deadline_equal_to_an_outcome_deadline_still_fires() -> None:
     assert sorted(result.moments()) == ["cart_abandonment", "frustration"]
 
 
-def test_the_model_takes_over_from_the_rules_after_warm_up() -> None:
+def _store_visits_learning_in_batches_of(size: int) -> list[Detection]:
+    """Six customers visit the store locator an hour apart, every other one buys; then a seventh visits."""
     catalogue = load_catalogue(
         DETECTION_ONLY,
         overrides={
-            "learning": {"enabled": True, "min_examples": 4},
+            "learning": {"enabled": True, "min_examples": 4, "model": {"learn_batch": size}},
             "moments": {"local_intent": {"cooldown": 0}},
         },
     )
     events = []
-    for n in range(6):  # a store-locator visit each hour; every other customer buys
+    for n in range(6):
         customer = f"c{n}"
         events += [ev("store_locator_view", f"{n}h", customer=customer)]
         if n % 2:
             events += [ev("purchase", f"{n}h10m", customer=customer, order_id=f"o{n}")]
     events += [ev("store_locator_view", "7h", customer="late-comer")]
-    result = run(events, catalogue)
-    deciders = [d.decided_by for d in result.detections]
+    return run(events, catalogue).detections
+
+
+def test_the_model_takes_over_from_the_rules_after_warm_up() -> None:
+    # Batches of one: each outcome is learnt as soon as it is known.
+    result = _store_visits_learning_in_batches_of(1)
+    deciders = [d.decided_by for d in result]
     assert deciders[:4] == [Decider.RULES] * 4
     assert deciders[-1] == Decider.MODEL
-    assert result.detections[-1].score != result.detections[0].score
+    assert result[-1].score != result[0].score
 
 
 def test_expired_state_keeps_its_unlabelled_examples_until_they_resolve() -> None:
@@ -105,7 +111,8 @@ def test_triggers_carry_the_customers_segment_once_segments_have_been_learnt() -
 
 @pytest.mark.parametrize("batch_size", [1, 500])
 async def test_replay_with_learning_is_deterministic(batch_size: int) -> None:
-    catalogue = load_catalogue(overrides={"learning": {"min_examples": 20}})
+    # Models learn in batches of their own, whatever the replay's batches.
+    catalogue = load_catalogue(overrides={"learning": {"min_examples": 20, "model": {"learn_batch": 8}}})
     outputs = []
     for size in (batch_size, 2000):
         out = io.BytesIO()
@@ -117,3 +124,8 @@ async def test_replay_with_learning_is_deterministic(batch_size: int) -> None:
     assert {t["data"]["decided_by"] for t in triggers} == {"rules", "model"}
     assert outputs[0] == outputs[1]
     assert summary.models["price_comparison"]["examples"] > 20
+
+
+def test_outcomes_wait_for_a_whole_batch_before_the_model_learns_them() -> None:
+    # Five outcomes known by the last visit, fewer than a batch: the rules still decide.
+    assert {d.decided_by for d in _store_visits_learning_in_batches_of(8)} == {Decider.RULES}

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 import msgspec
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river import linear_model, preprocessing
 
 from app.durations import decode_hook
+from app.learning._linear import fold
+from app.learning.auc import BinnedROCAUC
 from app.learning.config import MODEL_KINDS, LearningConfig, ModelConfig
 from app.learning.model import MomentModel, build_classifier
 
@@ -155,6 +161,89 @@ def test_drift_is_detected_when_the_concept_flips() -> None:
         model.learn_one(x, not y)
         alarms.append(model.drift_detected)
     assert model.drift_alarms - learnt == sum(alarms) >= 1
+
+
+def in_batches(config: ModelConfig, examples: list[Example], size: int) -> MomentModel:
+    model = MomentModel(config)
+    for start in range(0, len(examples), size):
+        batch = examples[start : start + size]
+        model.learn_many(pd.DataFrame([x for x, _ in batch]), pd.Series([y for _, y in batch]))
+    return model
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_batch_of_one_is_learnt_as_learn_one_learns_it(kind: str) -> None:
+    examples = separable(300)
+    one, many = trained(CONFIGS[kind], examples), in_batches(CONFIGS[kind], examples, 1)
+    probabilities, auc, log_loss, alarms = outputs(one)
+    assert outputs(many) == (pytest.approx(probabilities, abs=1e-9), auc, pytest.approx(log_loss), alarms)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_model_learns_a_separable_problem_in_batches(kind: str) -> None:
+    # The regression steps once per example even in a batch: as good as learning one by one.
+    examples = separable(1500)
+    model = in_batches(CONFIGS[kind], examples, 128)
+    assert model.examples_seen == 1500
+    assert model.auc is not None
+    assert model.auc > 0.85
+    assert model.predict_proba_one({"views": 8.0, "cart": 3.0, "noise": 0.5, "price": 500.0})[True] > 0.8
+    assert model.predict_proba_one({"views": 0.0, "cart": 0.0, "noise": 0.5, "price": 500.0})[True] < 0.2
+
+
+def test_batch_probabilities_are_those_of_each_row() -> None:
+    model = trained(ModelConfig(), separable(300))
+    rows = [x for x, _ in separable(20, seed=99)]
+    proba = model.predict_proba_many(pd.DataFrame(rows))
+    assert list(proba.columns) == [False, True]
+    assert proba[True].tolist() == pytest.approx([model.predict_proba_one(x)[True] for x in rows], abs=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.floats(-1e3, 1e3), st.floats(0, 5), st.sampled_from([0.0, 1.0]), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    scaled=st.booleans(),
+)
+def test_the_folded_form_scores_as_river_does(
+    rows: list[tuple[float, float, float, bool]], scaled: bool
+) -> None:
+    river_model = linear_model.LogisticRegression()
+    if scaled:
+        river_model = preprocessing.StandardScaler() | river_model
+    for a, b, c, y in rows:
+        river_model.learn_one({"a": a, "b": b, "c": c}, y)
+    form = fold(river_model)
+    assert form is not None
+    for a, b, c, _ in rows:
+        x = {"a": a, "b": b, "c": c, "unseen": 7.0}
+        assert form.proba_one(x) == pytest.approx(river_model.predict_proba_one(x)[True], abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 999), st.booleans()), min_size=1, max_size=80))
+def test_the_binned_auc_counts_every_pair(scored: list[tuple[int, bool]]) -> None:
+    """Scores one slice apart or more: the AUC is the exact share of pairs ranked right."""
+    auc = BinnedROCAUC(bins=1000)
+    for slot, y in scored:
+        auc.update(y, (slot + 0.5) / 1000)
+    positives = [slot for slot, y in scored if y]
+    negatives = [slot for slot, y in scored if not y]
+    if not positives or not negatives:
+        assert auc.get() == 0.5
+        return
+    ranked = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    assert auc.get() == pytest.approx(ranked / (len(positives) * len(negatives)))
+
+
+def test_snapshots_carry_no_cache() -> None:
+    model = trained(ModelConfig(), separable(300))
+    fresh = pickle.dumps(model)
+    model.predict_proba_one({"views": 1.0})  # folds the model for scoring
+    assert pickle.dumps(model) == fresh
 
 
 def outputs(model: MomentModel) -> tuple[list[float], float | None, float | None, int]:

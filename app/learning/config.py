@@ -60,9 +60,15 @@ class ModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Seeds every random choice (the forest's bagging and feature subsets), so a
     # replay learns exactly the same model every time.
     seed: int = 42
-    # Thresholds of the progressive ROC AUC: finer than River's default of 10,
-    # since probabilities of rare outcomes crowd near 0.
-    auc_thresholds: Annotated[int, msgspec.Meta(ge=3, le=1000)] = 50
+    # Slices of [0, 1] the progressive ROC AUC counts scores in (see ``app.learning.auc``):
+    # fine, since probabilities of rare outcomes crowd near 0; the cost per example
+    # does not depend on it.
+    auc_bins: Annotated[int, msgspec.Meta(ge=2, le=100_000)] = 1000
+    # Labelled examples a model learns at once (see ``MomentModel.learn_many``): the
+    # regression still steps once per example, in order, but the scaler's statistics
+    # move once per batch. Larger batches cost less per example and keep a model
+    # that long behind its latest outcomes.
+    learn_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 128
     # ADWIN's confidence: smaller means fewer, surer drift alarms.
     drift_delta: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.002
 

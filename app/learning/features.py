@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Final
 
 from app.events import BEHAVIOUR_TYPES, Kind
@@ -290,22 +291,28 @@ _LOG_PRICE: Final = math.log1p(PRICE_CAP)
 
 
 def behaviour(x: Mapping[str, float]) -> dict[str, float]:
-    """The behaviour vector (keys :data:`BEHAVIOUR_KEYS`) of a :func:`features` dict, rounded to 4 places."""
-    events = x["events"]
-    v: dict[str, float] = {}
-    for name, keys in _GROUPS:
+    """The behaviour vector (keys :data:`BEHAVIOUR_KEYS`) of a :func:`features` dict, rounded to 4 places.
+
+    ``x`` may be :func:`sparse`: a missing feature counts 0.
+    """
+    get = x.get
+    events = get("events", 0.0)
+    values = []
+    for _, keys in _GROUPS:
         total = 0.0
         for key in keys:
-            total += x[key]
-        v[name] = total / events if events else 0.0
-    v["activity"] = min(math.log1p(events) / _LOG_ACTIVITY, 1.0)
-    v["price_level"] = min(math.log1p(x["price_mean"]) / _LOG_PRICE, 1.0)
-    v["loyalty"] = min(x["orders"] / LOYAL_ORDERS, 1.0)
-    v["recent_buyer"] = 0.0 if x["no_purchase"] else 1.0 - x["since_purchase_h"] / SINCE_PURCHASE_CAP_HOURS
-    v["mobile"] = x["device_ios"] + x["device_android"]
-    v["app"] = x["channel_app"]
+            total += get(key, 0.0)
+        values.append(total / events if events else 0.0)
+    values += (
+        min(math.log1p(events) / _LOG_ACTIVITY, 1.0),
+        min(math.log1p(get("price_mean", 0.0)) / _LOG_PRICE, 1.0),
+        min(get("orders", 0.0) / LOYAL_ORDERS, 1.0),
+        0.0 if get("no_purchase", 0.0) else 1.0 - get("since_purchase_h", 0.0) / SINCE_PURCHASE_CAP_HOURS,
+        get("device_ios", 0.0) + get("device_android", 0.0),
+        get("channel_app", 0.0),
+    )
     # Rounded: segments should not hinge on the last bits of a float.
-    return {key: round(v[key], 4) for key in BEHAVIOUR_KEYS}
+    return dict(zip(BEHAVIOUR_KEYS, map(round, values, repeat(4)), strict=True))
 
 
 def behaviour_vector(state: CustomerState, now: int, *, recent: int) -> dict[str, float]:

@@ -40,8 +40,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from river import base, drift, forest, linear_model, metrics, optim, preprocessing, tree
 
+from app.learning._linear import LinearForm, fold, regression_parts, scale
+from app.learning.auc import BinnedROCAUC
 from app.learning.config import MODEL_KINDS, ModelConfig
 
 # kind -> the River classifier class it names.
@@ -51,7 +55,6 @@ _CLASSES: dict[str, type[base.Classifier]] = {
     "adaptive_random_forest": forest.ARFClassifier,
 }
 assert tuple(_CLASSES) == MODEL_KINDS
-_ROCAUC: Any = metrics.ROCAUC
 _LOG_LOSS: Any = metrics.LogLoss
 _ADWIN: Any = drift.ADWIN
 # Parameters set from elsewhere in the configuration, not from ``params``.
@@ -101,19 +104,27 @@ def build_classifier(config: ModelConfig) -> Any:
 
 
 class MomentModel:
-    """A moment's classifier with progressive ROC AUC, log loss and drift alarms."""
+    """A moment's classifier with progressive ROC AUC, log loss and drift alarms.
+
+    Parameters
+    ----------
+    config
+        Which River classifier, its parameters, and how the progressive metrics are kept.
+    """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config or ModelConfig()
         self.classifier: Any = build_classifier(self.config)
+        self._auc = BinnedROCAUC(self.config.auc_bins)
         # Any: River's type hints are partial (its metrics and detectors have none).
-        self._auc: Any = _ROCAUC(n_thresholds=self.config.auc_thresholds)
         self._log_loss: Any = _LOG_LOSS()
         self._drift: Any = _ADWIN(delta=self.config.drift_delta)
         self._seen = 0
         self._positives = 0
         self._alarms = 0
         self._drifted = False
+        self._form: LinearForm | None = None
+        self._folded = False
 
     def predict_proba_one(self, x: Mapping[str, float]) -> dict[bool, float]:
         """The probability of each class for ``x``, as River's classifiers give it.
@@ -134,26 +145,114 @@ class MomentModel:
         p = self._proba_true(x)
         return {False: 1.0 - p, True: p}
 
+    def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The probability of each class for each row of ``X``, as River's mini-batch methods give it.
+
+        Parameters
+        ----------
+        X
+            One example a row, one feature a column.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``False`` and ``True``, one row per row of ``X`` (same index).
+        """
+        p = self._proba_many(X)
+        return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index)
+
+    def _linear(self) -> LinearForm | None:
+        if not self._folded:
+            self._form = fold(self.classifier)
+            self._folded = True
+        return self._form
+
     def _proba_true(self, x: Mapping[str, float]) -> float:
-        proba = self.classifier.predict_proba_one(dict(x))
-        p = float(proba.get(True, 0.0))
-        if math.isnan(p):
-            return 0.5
-        return min(max(p, 0.0), 1.0)
+        form = self._linear()
+        if form is not None:
+            return form.proba_one(x)
+        return _probability(self.classifier.predict_proba_one(dict(x)))
+
+    def _proba_many(self, X: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.float64]]:
+        form = self._linear()
+        if form is not None:
+            return form.proba_many(X.to_numpy(dtype=np.float64), [str(c) for c in X.columns])
+        return np.array([self._proba_true(row) for row in _rows(X)], dtype=np.float64)
 
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
-        """Score ``x`` (updating the progressive metrics and the drift detector), then learn ``y``."""
-        y = bool(y)
-        p = self._proba_true(x)
+        """Score ``x`` (updating the progressive metrics and the drift detector), then learn ``y``.
+
+        Parameters
+        ----------
+        x
+            The example's features.
+        y
+            Whether the outcome followed.
+        """
+        self._tested(self._proba_true(x), bool(y))
+        self.classifier.learn_one(dict(x), bool(y))
+        self._folded = False
+
+    def learn_many(self, X: pd.DataFrame, y: pd.Series) -> None:
+        """Learn the rows of ``X`` in order, each scored first as the model stands.
+
+        The same as :meth:`learn_one` row after row, except that a scaler in front of a
+        logistic regression learns the batch's statistics at once (River's
+        ``learn_many``, the same statistics): every row is scored with the statistics
+        as they were before the batch, and learnt with them as they are after it. The
+        regression still takes one gradient step per example, in order, which is what
+        its accuracy depends on.
+
+        Parameters
+        ----------
+        X
+            One example a row, one feature a column.
+        y
+            Whether each example's outcome followed (aligned with ``X``).
+        """
+        labels = [bool(label) for label in y]
+        if not labels:
+            return
+        parts = regression_parts(self.classifier)
+        if parts is None:
+            for x, label in zip(_rows(X), labels, strict=True):
+                self.learn_one(x, label)
+            return
+        scaler, regression = parts
+        columns = [str(column) for column in X.columns]
+        rows = X.to_numpy(dtype=np.float64)
+        # Tested as the scaler stood before the batch, learnt as it stands after it.
+        tested = scale(scaler, rows, columns).tolist()
+        if scaler is not None:
+            scaler.learn_many(X)
+        learnt = scale(scaler, rows, columns).tolist()
+        for before, after, label in zip(tested, learnt, labels, strict=True):
+            self._tested(
+                _probability(regression.predict_proba_one(dict(zip(columns, before, strict=True)))), label
+            )
+            regression.learn_one(dict(zip(columns, after, strict=True)), label)
+        self._folded = False
+
+    def _tested(self, p: float, y: bool) -> None:
+        """Progressive validation: ``p`` was the model's score for an example whose outcome is ``y``."""
         self._auc.update(y, p)
         self._log_loss.update(y, p)
         self._drift.update(abs(float(y) - p))
         self._drifted = bool(self._drift.drift_detected)
         if self._drifted:
             self._alarms += 1
-        self.classifier.learn_one(dict(x), y)
         self._seen += 1
         self._positives += y
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The folded form is a cache: snapshots need not carry it.
+        state = self.__dict__.copy()
+        state["_form"], state["_folded"] = None, False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._form, self._folded = None, False
 
     def ready(self, min_examples: int) -> bool:
         """Whether the model may decide: ``min_examples`` learned, and both outcomes among them.
@@ -177,7 +276,7 @@ class MomentModel:
         """Progressive ROC AUC, or ``None`` until both outcomes were seen (it is undefined before)."""
         if not 0 < self._positives < self._seen:
             return None
-        return float(self._auc.get())
+        return self._auc.get()
 
     @property
     def log_loss(self) -> float | None:
@@ -197,6 +296,19 @@ class MomentModel:
     def __repr__(self) -> str:
         auc = "-" if self.auc is None else f"{self.auc:.3f}"
         return f"MomentModel({self.config.kind}, examples={self._seen}, auc={auc}, alarms={self._alarms})"
+
+
+def _probability(proba: Mapping[Any, float]) -> float:
+    """``True``'s probability in a River ``predict_proba_one`` result, made a number in [0, 1]."""
+    p = float(proba.get(True, 0.0))
+    if math.isnan(p):
+        return 0.5
+    return min(max(p, 0.0), 1.0)
+
+
+def _rows(X: pd.DataFrame) -> list[dict[str, float]]:
+    columns = [str(column) for column in X.columns]
+    return [dict(zip(columns, row, strict=True)) for row in X.to_numpy(dtype=np.float64).tolist()]
 
 
 __all__ = ["MomentModel", "build_classifier"]

@@ -1,7 +1,8 @@
 """Every moment's model and the segmenter, together: what scoring reads and learning writes.
 
-In replay one :class:`Models` does both, so a model learns from each outcome
-the moment it is known and a replay stays deterministic. In the streaming
+In replay one :class:`Models` does both: a model learns its moment's outcomes
+as they become known, ``learn_batch`` at a time (one River ``learn_many``
+each), so a replay stays deterministic whatever its own batches. In the streaming
 worker, scorers hold copies loaded from signed snapshots, and one learner per
 model keeps the original (see ``app/worker/learning.py``).
 
@@ -13,7 +14,8 @@ model keeps the original (see ``app/worker/learning.py``).
 >>> models.score("frustration", x) is None  # warming up: the rules decide
 True
 >>> for label in (True, False):
-...     models.learn(LabelledExample("frustration", {"errors": float(label)}, label, 0.5, "rules", 0))
+...     models.learn(LabelledExample("frustration", {"events": float(label)}, label, 0.5, "rules", 0))
+>>> models.flush()  # learn the incomplete batch
 >>> 0.0 <= models.score("frustration", x) <= 1.0
 True
 """
@@ -21,10 +23,14 @@ True
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import numpy as np
+import pandas as pd
 
 from app.learning.config import MOMENT_NAMES, LearningConfig
-from app.learning.features import behaviour, dense
+from app.learning.features import FEATURE_KEYS, behaviour
 from app.learning.labels import LabelledExample
 from app.learning.model import MomentModel
 from app.learning.segments import Segmenter
@@ -33,13 +39,37 @@ log = logging.getLogger(__name__)
 
 
 class Models:
+    """Every moment's model, learning in batches, and the segmenter.
+
+    Parameters
+    ----------
+    config
+        The learning configuration: the models, their batch size, the segments.
+    """
+
     def __init__(self, config: LearningConfig) -> None:
         self.config = config
         self.moments: dict[str, MomentModel] = {name: MomentModel(config.model) for name in MOMENT_NAMES}
         self.segmenter = Segmenter(config.segments) if config.segments.enabled else None
+        self._batch = config.model.learn_batch
+        # moment -> its labelled examples not learnt yet (fewer than a batch)
+        self._waiting: dict[str, list[LabelledExample]] = {name: [] for name in MOMENT_NAMES}
 
     def score(self, moment: str, x: Mapping[str, float]) -> float | None:
-        """The model's probability that acting now matters; None while it is warming up."""
+        """The model's probability that acting now matters; None while it is warming up.
+
+        Parameters
+        ----------
+        moment
+            The candidate's moment.
+        x
+            The candidate's features (:func:`~app.learning.features.features`).
+
+        Returns
+        -------
+        float or None
+            The probability, rounded to 4 places; None until the model is ready.
+        """
         model = self.moments[moment]
         if not model.ready(self.config.min_examples):
             return None
@@ -52,18 +82,41 @@ class Models:
         return self.segmenter.predict_one(behaviour(x))
 
     def learn(self, example: LabelledExample) -> None:
-        x = dense(example.features)
-        model = self.moments[example.moment]
-        model.learn_one(x, example.label)
-        if model.drift_detected:
+        """Learn from ``example``: its model once a batch of its moment's examples is complete.
+
+        The segmenter learns it at once. Call :meth:`flush` to learn an incomplete batch.
+
+        Parameters
+        ----------
+        example
+            An example whose outcome is known.
+        """
+        waiting = self._waiting[example.moment]
+        waiting.append(example)
+        if len(waiting) >= self._batch:
+            self._learn(example.moment)
+        if self.segmenter is not None:
+            self.segmenter.learn_one(behaviour(example.features))
+
+    def flush(self) -> None:
+        """Learn every example still waiting for its batch to complete."""
+        for moment, waiting in self._waiting.items():
+            if waiting:
+                self._learn(moment)
+
+    def _learn(self, moment: str) -> None:
+        examples = self._waiting[moment]
+        self._waiting[moment] = []
+        model = self.moments[moment]
+        alarms = model.drift_alarms
+        learn_examples(model, examples)
+        if model.drift_alarms > alarms:
             log.warning(
                 "drift in %s's model after %d examples (alarm %d)",
-                example.moment,
+                moment,
                 model.examples_seen,
                 model.drift_alarms,
             )
-        if self.segmenter is not None:
-            self.segmenter.learn_one(behaviour(x))
 
     def quality(self) -> dict[str, dict[str, float | int | None]]:
         """Per moment: examples learnt, progressive ROC AUC and log loss, drift alarms."""
@@ -76,3 +129,32 @@ class Models:
             }
             for name, m in self.moments.items()
         }
+
+
+def learn_examples(model: MomentModel, examples: Sequence[LabelledExample]) -> None:
+    """``model`` learns ``examples`` (of its moment, in order) as one mini-batch.
+
+    Parameters
+    ----------
+    model
+        The examples' moment's model.
+    examples
+        Labelled examples, their features sparse as stored.
+    """
+    if examples:
+        model.learn_many(_frame(examples), pd.Series([example.label for example in examples]))
+
+
+def _frame(examples: Sequence[LabelledExample]) -> pd.DataFrame:
+    """The examples' features as one dense row each, columns in :data:`FEATURE_KEYS` order."""
+    rows = np.zeros((len(examples), len(FEATURE_KEYS)))
+    for row, example in zip(rows, examples, strict=True):
+        for key, value in example.features.items():
+            at = _COLUMN.get(key)
+            if at is not None:
+                row[at] = value
+    return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+_COLUMNS: Final = pd.Index(FEATURE_KEYS)
+_COLUMN: Final = {key: at for at, key in enumerate(FEATURE_KEYS)}

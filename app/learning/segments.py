@@ -10,7 +10,7 @@ is ever created, merged or renumbered, unlike in the micro-cluster algorithms
 
 Two departures from River's ``KMeans``, both for reproducibility and use:
 
-- distances are summed over a fixed key order, not over a ``set`` of keys
+- distances are taken over a fixed key order, not over a ``set`` of keys
   (whose order, and so the last bits of the sum, depend on string hashing,
   which differs between processes);
 - centres are seeded from the data, not left at random points (which may never
@@ -29,6 +29,7 @@ Two departures from River's ``KMeans``, both for reproducibility and use:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,32 +59,44 @@ class _KMeans(cluster.KMeans):
         for centre in self.centers.values():
             for key in self.keys:  # draw every coordinate now, in a fixed order
                 _ = centre[key]
+        self._points = self._centre_points()
 
-    def _distance(self, centre: Mapping[Any, float], x: Mapping[Any, float]) -> float:
-        total = 0.0
-        for key in self.keys:
-            total += (centre[key] - x[key]) ** 2
-        return total
+    def _centre_points(self) -> list[tuple[float, ...]]:
+        """Each centre as a tuple over ``keys``: distances in C (``math.dist``), not over dicts."""
+        return [tuple(self.centers[i][key] for key in self.keys) for i in range(self.n_clusters)]
 
-    def _nearest(self, x: Mapping[Any, Any]) -> tuple[int, float]:
-        best, best_distance = 0, float("inf")
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._points = self._centre_points()
+
+    def _point(self, x: Mapping[Any, Any]) -> list[float]:
+        """``x`` on ``keys``, in their order: missing ones are 0, others are ignored."""
+        return [float(x.get(key, 0.0)) for key in self.keys]
+
+    def _nearest(self, point: Sequence[float]) -> tuple[int, float]:
+        best, best_distance = 0, math.inf
         for i in range(self.placed or self.n_clusters):
-            distance = self._distance(self.centers[i], x)
+            distance = math.dist(self._points[i], point)
             if distance < best_distance:  # ties go to the lowest id
                 best, best_distance = i, distance
         return best, best_distance
 
     def predict_one(self, x: Mapping[Any, Any]) -> int:
-        return self._nearest(x)[0]
+        return self._nearest(self._point(x))[0]
 
     def learn_predict_one(self, x: Mapping[Any, Any]) -> int:
-        if self.placed < self.n_clusters and (
-            self.placed == 0 or self._nearest(x)[1] > self.radius * self.radius
-        ):
-            self.centers[self.placed].update(x)
+        point = self._point(x)
+        closest, distance = self._nearest(point)
+        if self.placed < self.n_clusters and (self.placed == 0 or distance > self.radius):
+            closest = self.placed
+            self.centers[closest].update(zip(self.keys, point, strict=True))
             self.placed += 1
-            return self.placed - 1
-        closest: int = super().learn_predict_one(x)  # type: ignore[no-untyped-call]
+        else:
+            # River's rule: the nearest centre moves ``halflife`` of the way towards x.
+            centre = self.centers[closest]
+            for key, value in zip(self.keys, point, strict=True):
+                centre[key] += self.halflife * (value - centre[key])
+        self._points[closest] = tuple(self.centers[closest][key] for key in self.keys)
         return closest
 
 
@@ -97,13 +110,9 @@ class Segmenter:
         self._kmeans = _KMeans(cfg.n_clusters, cfg.halflife, cfg.seed, cfg.radius, self.keys)
         self._seen = 0
 
-    def _project(self, x: Mapping[str, float]) -> dict[str, float]:
-        """``x`` on the segmenter's keys: missing ones are 0, others are ignored."""
-        return {key: float(x.get(key, 0.0)) for key in self.keys}
-
     def predict_one(self, x: Mapping[str, float]) -> int:
-        """The segment whose centre is nearest to ``x``."""
-        segment: int = self._kmeans.predict_one(self._project(x))
+        """The segment whose centre is nearest to ``x`` (missing keys count 0, others are ignored)."""
+        segment: int = self._kmeans.predict_one(x)
         return segment
 
     def learn_one(self, x: Mapping[str, float]) -> None:
@@ -113,7 +122,7 @@ class Segmenter:
     def learn_predict_one(self, x: Mapping[str, float]) -> int:
         """:meth:`learn_one`, returning the segment ``x`` was assigned to."""
         self._seen += 1
-        segment: int = self._kmeans.learn_predict_one(self._project(x))
+        segment: int = self._kmeans.learn_predict_one(x)
         return segment
 
     @property

@@ -36,10 +36,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from app.learning.config import LearningConfig
-from app.learning.features import behaviour, dense
+from app.learning.features import behaviour
 from app.learning.labels import LabelledExample
 from app.learning.model import MomentModel
-from app.learning.models import Models
+from app.learning.models import Models, learn_examples
 from app.learning.segments import Segmenter
 from app.metrics import Sample, WorkerMetrics
 from app.settings import Settings
@@ -148,6 +148,8 @@ class Learner:
         self._forgotten: set[str] = set()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
+        # model -> examples read from this fetch, learnt together before anything is stored
+        self._waiting: dict[str, list[LabelledExample]] = {}
         # A fetch is learnt and snapshotted whole before partitions may be handed over.
         self._busy = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -182,6 +184,7 @@ class Learner:
                                 tp.partition, record.offset, record.key, record.value, record.headers
                             )
                         self._offsets[tp] = records[-1].offset + 1
+                    self._learn_waiting()
                     if self._snapshot_due():
                         await self.snapshot()
         except asyncio.CancelledError:
@@ -247,24 +250,28 @@ class Learner:
             return  # published again by a worker that redid its batch
         if example.subject and example.subject in self._forgotten:
             return  # its customer was forgotten since
-        self._learn(name, held.model, example)
+        self._waiting.setdefault(name, []).append(example)
         held.learnt(example.id, partition, offset)
         self._since_snapshot += 1
 
-    @staticmethod
-    def _learn(name: str, model: Any, example: LabelledExample) -> None:
-        x = dense(example.features)
-        if name == SEGMENTS:
-            model.learn_one(behaviour(x))
-            return
-        model.learn_one(x, example.label)
-        if model.drift_detected:
-            log.warning(
-                "drift in %s's model after %d examples (alarm %d)",
-                name,
-                model.examples_seen,
-                model.drift_alarms,
-            )
+    def _learn_waiting(self) -> None:
+        """Each model learns the examples read for it, in order, as one batch."""
+        for name, examples in self._waiting.items():
+            model = self._models[name].model
+            if name == SEGMENTS:
+                for example in examples:
+                    model.learn_one(behaviour(example.features))
+                continue
+            alarms = model.drift_alarms
+            learn_examples(model, examples)
+            if model.drift_alarms > alarms:
+                log.warning(
+                    "drift in %s's model after %d examples (alarm %d)",
+                    name,
+                    model.examples_seen,
+                    model.drift_alarms,
+                )
+        self._waiting.clear()
 
     async def _model(self, name: str) -> _Held:
         held = self._models.get(name)
@@ -303,6 +310,7 @@ class Learner:
         The offset in the snapshot makes learning exactly-once: after a crash between the
         two, the records read again are recognised and skipped.
         """
+        self._learn_waiting()
         for name, held in sorted(self._models.items()):
             if not held.dirty:
                 continue
@@ -340,6 +348,7 @@ class Learner:
 
     def _forget_unsaved(self) -> None:
         self._models.clear()
+        self._waiting.clear()
         self._offsets.clear()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
