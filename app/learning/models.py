@@ -107,16 +107,7 @@ class Models:
     def _learn(self, moment: str) -> None:
         examples = self._waiting[moment]
         self._waiting[moment] = []
-        model = self.moments[moment]
-        alarms = model.drift_alarms
-        learn_examples(model, examples)
-        if model.drift_alarms > alarms:
-            log.warning(
-                "drift in %s's model after %d examples (alarm %d)",
-                moment,
-                model.examples_seen,
-                model.drift_alarms,
-            )
+        learn_examples(self.moments[moment], examples)
 
     def quality(self) -> dict[str, dict[str, float | int | None]]:
         """Per moment: examples learnt, progressive ROC AUC and log loss, drift alarms."""
@@ -132,7 +123,7 @@ class Models:
 
 
 def learn_examples(model: MomentModel, examples: Sequence[LabelledExample]) -> None:
-    """``model`` learns ``examples`` (of its moment, in order) as one mini-batch.
+    """``model`` learns ``examples`` (of its moment, in order) as one mini-batch; drift is logged.
 
     Parameters
     ----------
@@ -141,8 +132,17 @@ def learn_examples(model: MomentModel, examples: Sequence[LabelledExample]) -> N
     examples
         Labelled examples, their features sparse as stored.
     """
-    if examples:
-        model.learn_many(_frame(examples), pd.Series([example.label for example in examples]))
+    if not examples:
+        return
+    alarms = model.drift_alarms
+    model.learn_many(_frame(examples), pd.Series([example.label for example in examples]))
+    if model.drift_alarms > alarms:
+        log.warning(
+            "drift in %s's model after %d examples (alarm %d)",
+            examples[0].moment,
+            model.examples_seen,
+            model.drift_alarms,
+        )
 
 
 def _frame(examples: Sequence[LabelledExample]) -> pd.DataFrame:

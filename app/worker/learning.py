@@ -262,15 +262,7 @@ class Learner:
                 for example in examples:
                     model.learn_one(behaviour(example.features))
                 continue
-            alarms = model.drift_alarms
             learn_examples(model, examples)
-            if model.drift_alarms > alarms:
-                log.warning(
-                    "drift in %s's model after %d examples (alarm %d)",
-                    name,
-                    model.examples_seen,
-                    model.drift_alarms,
-                )
         self._waiting.clear()
 
     async def _model(self, name: str) -> _Held:
