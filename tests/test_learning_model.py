@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from river import linear_model, preprocessing
+from river import linear_model, metrics, preprocessing
 
 from app.durations import decode_hook
 from app.learning._linear import fold
@@ -318,3 +318,21 @@ def test_models_do_not_depend_on_string_hashing() -> None:
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
+
+
+def test_a_snapshot_from_before_the_folded_form_still_loads() -> None:
+    """Models pickled before the folded form (and with River's ROCAUC) load and go on learning."""
+    examples = separable(300)
+    model = trained(ModelConfig(), examples[:200])
+    state = model.__dict__.copy()
+    del state["_form"], state["_folded"]
+    state["_auc"] = metrics.ROCAUC(n_thresholds=50)
+    loaded = MomentModel.__new__(MomentModel)
+    loaded.__setstate__(state)  # what unpickling a snapshot written then does
+    for x, y in examples[200:]:
+        model.learn_one(x, y)
+        loaded.learn_one(x, y)
+    assert [loaded.predict_proba_one(x)[True] for x, _ in examples[:20]] == [
+        model.predict_proba_one(x)[True] for x, _ in examples[:20]
+    ]
+    assert loaded.auc is not None

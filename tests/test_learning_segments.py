@@ -83,3 +83,13 @@ def test_deterministic_and_picklable() -> None:
     # The random seed only places centres the data has not placed yet.
     other = trained(vectors, SegmentsConfig(n_clusters=3, seed=7))
     assert [other.predict_one(v) for v in vectors] == [first.predict_one(v) for v in vectors]
+
+
+def test_a_snapshot_from_before_the_cached_centres_still_loads() -> None:
+    """Segmenters pickled before centres were cached as tuples rebuild the cache when loaded."""
+    segmenter = trained(stream(300))
+    old = pickle.loads(pickle.dumps(segmenter))
+    del old._kmeans._points  # as a snapshot written before the cache existed
+    loaded = pickle.loads(pickle.dumps(old))
+    more = stream(100, seed=4)
+    assert [loaded.learn_predict_one(v) for v in more] == [segmenter.learn_predict_one(v) for v in more]
