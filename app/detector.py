@@ -78,7 +78,8 @@ class Detector:
             The moments, windows and learning configuration.
         scorer
             Scores candidates when learning is on: by default one with fresh models that
-            learn from each outcome as it is known (replay's); a worker's only reports them.
+            learn the outcomes as they become known, in batches (replay's); a worker's only
+            reports them.
         """
         self.catalogue = catalogue
         learning = catalogue.learning

@@ -3,7 +3,7 @@
 Scaling then weighting is linear: ``w . (x - mean) / std + b`` is ``coef . x + const``
 with ``coef = w / std`` and ``const = b - sum(w * mean / std)``. Folding it once after
 each learning step turns River's two dict passes per prediction (the scaler's, then
-the dot product) into one pass over plain tuples, or one matrix product for a batch.
+the dot product) into one pass over plain tuples.
 The probabilities are River's own up to float rounding: the same sigmoid, clamped
 where River clamps it.
 
@@ -38,27 +38,17 @@ _CLAMP = 30.0
 class LinearForm:
     """``sigmoid(coef . x + const)`` over the keys the model has seen."""
 
-    __slots__ = ("_coef", "_const", "_index", "_keys")
+    __slots__ = ("_coef", "_const", "_keys")
 
     def __init__(self, weights: Mapping[str, float], const: float) -> None:
         self._keys = tuple(weights)
         self._coef = tuple(weights.values())
         self._const = const
-        self._index = {key: i for i, key in enumerate(self._keys)}
 
     def proba_one(self, x: Mapping[str, float]) -> float:
         """The probability of ``True`` for one example (keys the model never saw count 0)."""
         z = self._const + sum(map(mul, map(x.get, self._keys, repeat(0.0)), self._coef))
         return _sigmoid(z)
-
-    def proba_many(self, X: NDArray[np.float64], columns: Sequence[str]) -> NDArray[np.float64]:
-        """The probability of ``True`` for each row of ``X``, whose columns are ``columns``."""
-        coef = np.array([self._coef[self._index[c]] if c in self._index else 0.0 for c in columns])
-        z = X @ coef + self._const
-        p: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(z, -_CLAMP, _CLAMP)))
-        p[z < -_CLAMP] = 0.0
-        p[z > _CLAMP] = 1.0
-        return p
 
 
 def _sigmoid(z: float) -> float:

@@ -158,7 +158,7 @@ class MomentModel:
         pandas.DataFrame
             Columns ``False`` and ``True``, one row per row of ``X`` (same index).
         """
-        p = self._proba_many(X)
+        p = np.array([self._proba_true(row) for row in _rows(X)], dtype=np.float64)
         return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index)
 
     def _linear(self) -> LinearForm | None:
@@ -172,12 +172,6 @@ class MomentModel:
         if form is not None:
             return form.proba_one(x)
         return _probability(self.classifier.predict_proba_one(dict(x)))
-
-    def _proba_many(self, X: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.float64]]:
-        form = self._linear()
-        if form is not None:
-            return form.proba_many(X.to_numpy(dtype=np.float64), [str(c) for c in X.columns])
-        return np.array([self._proba_true(row) for row in _rows(X)], dtype=np.float64)
 
     def learn_one(self, x: Mapping[str, float], y: bool) -> None:
         """Score ``x`` (updating the progressive metrics and the drift detector), then learn ``y``.
@@ -222,15 +216,13 @@ class MomentModel:
         columns = [str(column) for column in X.columns]
         rows = X.to_numpy(dtype=np.float64)
         # Tested as the scaler stood before the batch, learnt as it stands after it.
-        tested = scale(scaler, rows, columns).tolist()
+        tested = _records(columns, scale(scaler, rows, columns))
         if scaler is not None:
             scaler.learn_many(X)
-        learnt = scale(scaler, rows, columns).tolist()
+        learnt = _records(columns, scale(scaler, rows, columns))
         for before, after, label in zip(tested, learnt, labels, strict=True):
-            self._tested(
-                _probability(regression.predict_proba_one(dict(zip(columns, before, strict=True)))), label
-            )
-            regression.learn_one(dict(zip(columns, after, strict=True)), label)
+            self._tested(_probability(regression.predict_proba_one(before)), label)
+            regression.learn_one(after, label)
         self._folded = False
 
     def _tested(self, p: float, y: bool) -> None:
@@ -307,8 +299,12 @@ def _probability(proba: Mapping[Any, float]) -> float:
 
 
 def _rows(X: pd.DataFrame) -> list[dict[str, float]]:
-    columns = [str(column) for column in X.columns]
-    return [dict(zip(columns, row, strict=True)) for row in X.to_numpy(dtype=np.float64).tolist()]
+    return _records([str(column) for column in X.columns], X.to_numpy(dtype=np.float64))
+
+
+def _records(columns: list[str], rows: np.ndarray[Any, np.dtype[np.float64]]) -> list[dict[str, float]]:
+    """One feature dict per row, as River's ``*_one`` methods take them."""
+    return [dict(zip(columns, row, strict=True)) for row in rows.tolist()]
 
 
 __all__ = ["MomentModel", "build_classifier"]
