@@ -358,6 +358,12 @@ class Pipeline:
         saves = []
         written: set[str] = set()
         versions = batch.versions
+        # Never back: a batch of records read again (for want of an offset commit) skips
+        # them, and where it read to may still be short of what the states reflect.
+        positions = {
+            stream: _furthest(self._positions.get(stream, {}), moved)
+            for stream, moved in (positions or {}).items()
+        }
         for stream, outcome in batch.outcomes.items():
             # Erased first (a tombstone, one version up); a customer who came back later in
             # the batch is then written over it.
@@ -385,12 +391,12 @@ class Pipeline:
                     clock.recent,
                     erasures,
                     self._epochs.get(stream, 0),
-                    (positions or {}).get(stream, {}),
+                    positions.get(stream, {}),
                     self.undo,
                 )
             )
         await self.store.save(saves)
-        for stream, moved in (positions or {}).items():
+        for stream, moved in positions.items():
             self._positions.setdefault(stream, {}).update(moved)
         for stream in batch.outcomes:
             self._parked[stream] = self._processors[stream].parked
@@ -398,6 +404,11 @@ class Pipeline:
     def expires_at(self, state: CustomerState) -> int:
         """When the stored state may go: its behaviour's use, or its consent facts' retention."""
         return max(self.detector.expires_at(state), self.policy.retention_end(state) or 0)
+
+
+def _furthest(known: Mapping[str, int], moved: Mapping[str, int]) -> dict[str, int]:
+    """``moved``, each position at least where ``known`` has it."""
+    return {source: max(position, known.get(source, position)) for source, position in moved.items()}
 
 
 def _restored(loaded: dict[str, Versioned]) -> dict[str, Versioned]:

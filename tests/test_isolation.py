@@ -214,3 +214,16 @@ async def test_many_failures_in_a_batch_cost_one_probe_not_a_redo_each(
     assert got == expected
     assert statuses(batches).count(Status.INTERNAL_ERROR) == 30
     assert calls == {"process": 2, "probe": 1}
+
+
+async def test_positions_never_move_back_when_records_are_read_again() -> None:
+    store = MemoryStateStore()
+    pipeline = Pipeline(Detector(DEFAULTS), Policy(DEFAULTS.policy), store)
+    first = await pipeline.run({"s": STREAM[:100]})
+    await pipeline.commit(first, {"s": {"clicks": 100, "orders": 7}})
+    # A worker that read the tail again (its offsets were not committed) reached only 60 of
+    # the clicks in this batch, but the orders further.
+    again = await pipeline.run({"s": []})
+    await pipeline.commit(again, {"s": {"clicks": 60, "orders": 9}})
+    assert pipeline.positions("s") == {"clicks": 100, "orders": 9}
+    assert (await store.checkpoint("s")).positions == {"clicks": 100, "orders": 9}

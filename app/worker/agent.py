@@ -15,11 +15,13 @@ For each fetch:
 3. publish triggers, dead letters (invalid, late, too far ahead, or failed
    events) and re-keyed events, and wait until the broker has acknowledged
    every one of them;
-4. save the states (one atomic write for the whole fetch), then commit offsets.
+4. save the states (one atomic write for the whole fetch), then commit offsets
+   (at least once: at most every ``MM_KAFKA_COMMIT_INTERVAL_MS``).
 
 So offsets never pass an event whose triggers or state are not safe. After a
-crash the uncommitted tail is processed again: events already saved are
-duplicates and change nothing, the others give triggers with the same ids.
+crash the uncommitted tail is read again: records the saved states reflect
+(each stream's checkpoint says up to where) are skipped, the others give
+triggers with the same ids.
 Transient Kafka and Redis failures are retried with backoff, the batch kept
 in hand; a version conflict (another worker wrote a customer meanwhile)
 reloads the streams and redoes the batch. No record can stop the worker: one
@@ -182,6 +184,11 @@ class DetectorAgent:
         # Next offset to read, per input partition, of what has been fetched.
         self._fetched: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
+        # At least once: the offsets processed as of the last batch done, committed at most
+        # every commit interval (see _commit_offsets).
+        self._processed: dict[TP, int] = {}
+        self._commit_every = settings.kafka_commit_interval_ms / 1000
+        self._commit_at = 0.0
         # Partition -> the records of its parked events (too far ahead, waiting for the
         # stream's time; by the event object's id), kept uncommitted until decided.
         self._parked: dict[int, dict[int, ConsumerRecord]] = {}
@@ -226,6 +233,8 @@ class DetectorAgent:
                 quiet = await self._quiet_streams(released)
                 if released or quiet:
                     await self._handle(released, quiet)
+                if self._processed:
+                    await self._commit_offsets()
                 self._flow_control()
             finally:
                 self._left_at = time.monotonic()
@@ -273,14 +282,35 @@ class DetectorAgent:
                     return
                 delay = min(delay * 2, LAST_RETRY_S)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
-        if self.transactions is not None:
-            return  # the offsets went with the transactions
-        offsets = {tp: o for tp, o in self._committable().items() if self._committed.get(tp) != o}
+        if self.transactions is None:  # else the offsets went with the transactions
+            # Taken now: records fetched later (or of a batch given up) are not processed.
+            self._processed.update(self._committable())
+
+    async def _commit_offsets(self, partitions: set[TP] | None = None) -> None:
+        """At least once: commit the offsets processed (of ``partitions``; by default, all once
+        the commit interval has passed since the last commit).
+
+        Saved states record where their input stands, so the records a worker reads again
+        for want of a commit (after a crash, or by a partition's next owner) are skipped,
+        not applied twice: committing less often costs only re-reading them.
+        """
+        now = time.monotonic()
+        if partitions is None and now < self._commit_at:
+            return
+        offsets = {
+            tp: o
+            for tp, o in self._processed.items()
+            if self._committed.get(tp) != o and (partitions is None or tp in partitions)
+        }
+        committed = not offsets or await self._consumer.commit_offsets(offsets)
         if offsets:
-            committed = await self._consumer.commit_offsets(offsets)
             self.metrics.offset_commits.labels("ok" if committed else "failed").inc()
-            if committed:
-                self._committed.update(offsets)
+        if committed:
+            self._committed.update(offsets)
+            for tp in offsets if partitions is not None else list(self._processed):
+                self._processed.pop(tp, None)
+            if partitions is None:
+                self._commit_at = now + self._commit_every
 
     async def _undone(self, streams: list[str], failure: Exception) -> None:
         """Ready the streams for their batch to be redone after ``failure``.
@@ -740,6 +770,18 @@ class DetectorAgent:
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         if self.transactions is not None:
             await self.transactions.close()
+        elif self._processed:
+            async with self._busy:
+                await self._commit_quietly(None)
+
+    async def _commit_quietly(self, partitions: set[TP] | None) -> None:
+        """Commit what is processed before letting partitions go; should that fail, the next
+        owner reads the records again and skips those the states reflect."""
+        self._commit_at = 0.0
+        try:
+            await self._commit_offsets(partitions)
+        except RETRYABLE as exc:
+            log.info("could not commit offsets before letting partitions go (%r)", exc)
 
     async def _on_partitions_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         # The batch in hand gives up revoked partitions at once (see _unless_revoked); one that
@@ -749,6 +791,8 @@ class DetectorAgent:
         self._revoking.set()
         self._revoking.clear()
         async with self._busy:
+            if self._processed:
+                await self._commit_quietly({TP(tp.topic, tp.partition) for tp in revoked})
             partitions = {tp.partition for tp in revoked}
             for partition in partitions:
                 aligner = self._aligners.pop(partition, None)
@@ -760,6 +804,7 @@ class DetectorAgent:
             for tp in revoked:
                 self._fetched.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._processed.pop(tp, None)
                 self._last_time.pop(TP(tp.topic, tp.partition), None)
             self._fetch_times.forget(revoked)
             # The consumer forgets pauses of revoked partitions itself.
