@@ -75,6 +75,18 @@ R = TypeVar("R", bound=Record)
 CaughtUp = Callable[[str], "bool | None"]
 
 
+def _asked_once(caught_up: CaughtUp) -> CaughtUp:
+    """``caught_up``, asked at most once per topic."""
+    answers: dict[str, bool | None] = {}
+
+    def asked(topic: str) -> bool | None:
+        if topic not in answers:
+            answers[topic] = caught_up(topic)
+        return answers[topic]
+
+    return asked
+
+
 class Aligner(Generic[R]):
     def __init__(
         self,
@@ -118,6 +130,7 @@ class Aligner(Generic[R]):
         """Records that can go now, in time order; ``now`` is a monotonic clock."""
         out: list[R] = []
         buffers = self._buffers
+        caught_up = _asked_once(caught_up)  # whether a topic is caught up does not change meanwhile
         forced = len(self) > self.max_buffered or self._waited_out(caught_up, now)
         while True:
             heads: list[tuple[int, int, str]] = []
@@ -133,14 +146,37 @@ class Aligner(Generic[R]):
                     break
             if not heads:
                 break
-            topic = min(heads)[2]
-            out.append(buffers[topic].popleft())
-            self._places.pop(topic, None)
+            heads.sort()
+            _, i, topic = heads[0]
+            out.extend(self._run(topic, i, heads[1][:2] if len(heads) > 1 else None, forced, caught_up))
         if not len(self):
             self._active_at = None
         elif out:
             self._active_at = now
         return out
+
+    def _run(
+        self, topic: str, i: int, next_place: tuple[int, int] | None, forced: bool, caught_up: CaughtUp
+    ) -> list[R]:
+        """The first records of ``topic`` (the ``i``-th), which goes first, until another's turn comes.
+
+        The other topics' places do not change while this one's records go, so only its own
+        place is looked at again: it goes on while that stays before ``next_place``, the
+        next topic's (place, index), and settled. Anything else is left to :meth:`release`.
+        """
+        buffer = self._buffers[topic]
+        places = self._places
+        run = [buffer.popleft()]
+        places.pop(topic, None)
+        while buffer:
+            at, placed = self._place(topic)
+            if not (placed or forced or caught_up(topic) is True):
+                break
+            if next_place is not None and (at, i) > next_place:
+                break
+            run.append(buffer.popleft())
+            places.pop(topic, None)
+        return run
 
     def hold(self, caught_up: CaughtUp) -> int | None:
         """How far the topics that are behind with nothing buffered have come (0: not at all).
@@ -180,6 +216,15 @@ class Aligner(Generic[R]):
             return place
         voter = self._voter
         mine = voter(head)
+        if needed == 2 and len(buffer) > 2:
+            # The usual case, looked at first: the next two records are of two other voters.
+            first, second = buffer[1], buffer[2]
+            one, two = voter(first), voter(second)
+            if one != mine and two != mine and one != two:
+                ahead = first.timestamp < head.timestamp and second.timestamp < head.timestamp
+                at = min(first.timestamp, second.timestamp) if ahead else head.timestamp
+                place = self._places[topic] = (at, True)
+                return place
         others: dict[Hashable, int] = {}
         earliest = head.timestamp
         seen = 1
