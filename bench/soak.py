@@ -3,8 +3,10 @@
 1. capacity: pre-produce ``--capacity-events`` events and time the worker through them
    (as bench/stream_worker.py does);
 2. soak: live traffic (event time = now, as bench/stream_worker.py offers it) at ``--load`` of that
-   capacity for ``--minutes``; every 30 s, the worker's RSS and, per input partition,
-   the group's lag (end offset minus committed offset) and whether it moved on.
+   capacity for ``--minutes``: ``--pool-seconds`` of it generated once, then sent again and
+   again, each round as customers of its own (generating live took a core of the two);
+   every 30 s, the worker's RSS and, per input partition, the group's lag (end offset
+   minus committed offset) and whether it moved on.
 
 Acceptance, printed at the end: memory flat after warm-up (RSS at the end within 10%
 of RSS after ``--warm-up`` minutes), no partition without progress for more than a
@@ -20,18 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
+import itertools
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_worker import (
     PARTITIONS,
-    _ms,
+    calibrated,
     dataset,
     live_events,
     measure_throughput,
@@ -43,8 +45,8 @@ from stream_worker import (
 from app.apache_kafka import ApacheKafka
 from app.embedded import EmbeddedRedis
 from app.settings import Settings, load_settings
-from app.traffic import TrafficGenerator
-from app.worker.feed import new_producer, publish
+from app.triggers import format_time
+from app.worker.feed import new_producer, topic_for
 from app.worker.kafka import client_options
 
 SAMPLE_S = 30.0
@@ -73,42 +75,60 @@ async def lags(settings: Settings, reader: AIOKafkaConsumer) -> dict[TopicPartit
 CUSTOMERS = 400_000
 
 
-def steady_scale(rate: float, seed: int) -> float:
-    """The ``scale`` at which :func:`live_events` offers ``rate`` once its sessions have built up.
+_TIME, _CUSTOMER = "@@occurred_at@@", "@@customer@@"
+# (seconds into the pool, topic, customer, the value's parts around its time and customer)
+Template = tuple[float, str, str, list[bytes]]
 
-    Sessions last minutes, so a generator's rate climbs for about eight minutes before it
-    settles: measured on one of the interleaved generators, minutes 9 to 11 of event time.
-    The soak's first minutes offer less (the warm-up, before memory is judged).
+
+def pool(settings: Settings, rate: float, seed: int, seconds: float) -> list[Template]:
+    """``seconds`` of live traffic at ``rate`` on average, generated and encoded once, all but
+    time and customer.
+
+    Generating an event takes the load generator far longer than sending it: at half a
+    worker's capacity, generating live took a core of the two the worker shares. So the
+    feed sends this pool again and again (see :func:`feed`). Sessions last minutes, so
+    they are still building up within it: its rate climbs, and is ``rate`` on average.
     """
-    parts = max(1, math.ceil(rate / 2500))
-    generator = TrafficGenerator(
-        seed=seed,
-        customers=CUSTOMERS,
-        events_per_second=rate / parts,
-        diurnal=False,
-        start=datetime.fromtimestamp(0, UTC),
-    )
-    steady = sum(1 for e in generator.events(until_ms=660_000) if _ms(e["occurred_at"]) >= 540_000)
-    return (rate / parts) * 120 / max(1, steady)
+    scale = calibrated(rate, seed, seconds, customers=CUSTOMERS)
+    start = time.time()
+    templates = []
+    for after, event in live_events(rate, start, seed, scale, until=start + seconds, customers=CUSTOMERS):
+        customer = event["customer_id"]
+        # The two slots last, in this order: the value is then head, time, middle, customer, tail.
+        fields = {k: v for k, v in event.items() if k not in ("occurred_at", "customer_id")}
+        value = orjson.dumps({**fields, "occurred_at": _TIME, "customer_id": _CUSTOMER})
+        head, rest = value.split(_TIME.encode())
+        parts = [head, *rest.split(_CUSTOMER.encode())]
+        templates.append((after, topic_for(event["event_type"], settings), customer, parts))
+    return templates
 
 
 async def feed(
-    settings: Settings, rate: float, scale: float, seed: int, on_sent: Callable[[int], None]
+    settings: Settings, templates: list[Template], seconds: float, on_sent: Callable[[int], None]
 ) -> None:
-    """Live traffic at ``rate`` (event time = now; see :func:`steady_scale`), for ever; ``on_sent``
-    told the count so far."""
+    """The pool's traffic, event time = now, for ever; ``on_sent`` told the count so far.
+
+    Each round of the pool is sent as customers of their own (the round is appended to
+    their ids), so that no customer repeats what they did a round before.
+    """
     started = time.time()
     producer = new_producer(settings)
     await producer.start()
+    sent = 0
     try:
-        for sent, (after, event) in enumerate(
-            live_events(rate, started, seed, scale, customers=CUSTOMERS), 1
-        ):
-            wait = started + after - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await publish(producer, settings, [event], wait=False)
-            on_sent(sent)
+        for round_ in itertools.count():
+            offset, suffix = round_ * seconds, f"-r{round_}"
+            for after, topic, customer, (head, middle, tail) in templates:
+                at = started + offset + after
+                wait = at - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                who = (customer + suffix).encode()
+                at_ms = int(at * 1000)
+                value = head + format_time(at_ms).encode() + middle + who + tail
+                await producer.send(topic, value, who, None, at_ms)
+                sent += 1
+                on_sent(sent)
     finally:
         await producer.stop()
 
@@ -133,9 +153,13 @@ async def soak(args: argparse.Namespace) -> int:
             def count(total: int) -> None:
                 sent[0] = total
 
-            # Worked out before the feed starts: it takes the event loop for half a minute.
-            scale = steady_scale(rate, args.seed + 1)
-            feeder = asyncio.create_task(feed(settings, rate, scale, args.seed + 1, count))
+            # Worked out before the feed starts: it takes the event loop for minutes.
+            templates = pool(settings, rate, args.seed + 1, args.pool_seconds)
+            print(
+                f"a pool of {len(templates):,} events ({args.pool_seconds:.0f} s), sent again and again",
+                flush=True,
+            )
+            feeder = asyncio.create_task(feed(settings, templates, args.pool_seconds, count))
             reader = AIOKafkaConsumer(**client_options(settings), group_id="soak", enable_auto_commit=False)
             await reader.start()
             samples: list[dict[str, Any]] = []
@@ -217,6 +241,9 @@ def main() -> int:
     parser.add_argument("--capacity-events", type=int, default=150_000)
     parser.add_argument("--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--pool-seconds", type=float, default=120.0, help="length of the traffic pool the feed repeats"
+    )
     return asyncio.run(soak(parser.parse_args()))
 
 

@@ -182,10 +182,10 @@ def live_events(
         yield after, {**event, "customer_id": _moved(event["customer_id"], part * customers)}
 
 
-def calibrated(rate: float, seed: int, seconds: float = 60.0) -> float:
+def calibrated(rate: float, seed: int, seconds: float = 60.0, customers: int = 5000) -> float:
     """The ``scale`` at which :func:`live_events` offers ``rate``, measured over ``seconds``."""
     start = time.time()
-    offered = sum(1 for _ in live_events(rate, start, seed, until=start + seconds))
+    offered = sum(1 for _ in live_events(rate, start, seed, until=start + seconds, customers=customers))
     return rate * seconds / max(1, offered)
 
 
