@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
 from stream_worker import (
     PARTITIONS,
     calibrated,
@@ -68,6 +69,13 @@ async def lags(settings: Settings, reader: AIOKafkaConsumer) -> dict[TopicPartit
         committed = await reader.committed(tp) or 0
         found[tp] = (committed, max(0, ends[tp] - committed))
     return found
+
+
+async def deadlines_held(client: Redis, settings: Settings) -> int:
+    """Customers with a pending deadline (a cart, a trigger held back by quiet hours), all streams:
+    what a worker keeps in memory per customer beyond its batches."""
+    keys = [f"{settings.redis_prefix}:deadlines:{{p{p}}}" for p in range(PARTITIONS)]
+    return sum([await client.hlen(key) for key in keys])
 
 
 # Live customers per interleaved generator: enough that each shops now and then, as real ones do
@@ -162,6 +170,7 @@ async def soak(args: argparse.Namespace) -> int:
             feeder = asyncio.create_task(feed(settings, templates, args.pool_seconds, count))
             reader = AIOKafkaConsumer(**client_options(settings), group_id="soak", enable_auto_commit=False)
             await reader.start()
+            client = Redis.from_url(redis.url)
             samples: list[dict[str, Any]] = []
             moved_at: dict[TopicPartition, float] = {}
             last: dict[TopicPartition, int] = {}
@@ -191,13 +200,15 @@ async def soak(args: argparse.Namespace) -> int:
                         "lag": sum(lag for _, lag in found.values()),
                         "max_partition_lag": max(lag for _, lag in found.values()),
                         "longest_stall_s": stalled,
+                        "deadlines": await deadlines_held(client, settings),
                     }
                     samples.append(sample)
                     print(
                         f"{sample['minute']:6.1f} min  offered {offered:7,.0f}/s"
                         f"  rss {sample['rss_mb']:7.1f} MB"
                         f"  lag {sample['lag']:7,d}  (max partition {sample['max_partition_lag']:6,d})"
-                        f"  longest stall so far {stalled:5.0f} s",
+                        f"  longest stall so far {stalled:5.0f} s"
+                        f"  deadlines held {sample['deadlines']:8,d}",
                         flush=True,
                     )
             finally:
@@ -205,6 +216,7 @@ async def soak(args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await feeder
                 await reader.stop()
+                await client.aclose()
     return verdict(samples, args, rate)
 
 
