@@ -75,7 +75,7 @@ async def deadlines_held(client: Redis, settings: Settings) -> int:
     """Customers with a pending deadline (a cart, a trigger held back by quiet hours), all streams:
     what a worker keeps in memory per customer beyond its batches."""
     keys = [f"{settings.redis_prefix}:deadlines:{{p{p}}}" for p in range(PARTITIONS)]
-    return sum([await client.hlen(key) for key in keys])
+    return sum([await client.zcard(key) for key in keys])
 
 
 # Live customers per interleaved generator: enough that each shops now and then, as real ones do
