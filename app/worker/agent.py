@@ -184,8 +184,8 @@ class DetectorAgent:
         # Next offset to read, per input partition, of what has been fetched.
         self._fetched: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
-        # At least once: the offsets processed as of the last batch done, committed at most
-        # every commit interval (see _commit_offsets).
+        # At least once: the offsets processed as of the last batch done, committed once
+        # _commit_at (monotonic) has come: at most every commit interval (see _commit_offsets).
         self._processed: dict[TP, int] = {}
         self._commit_every = settings.kafka_commit_interval_ms / 1000
         self._commit_at = 0.0
@@ -233,7 +233,7 @@ class DetectorAgent:
                 quiet = await self._quiet_streams(released)
                 if released or quiet:
                     await self._handle(released, quiet)
-                if self._processed:
+                if self._processed and time.monotonic() >= self._commit_at:
                     await self._commit_offsets()
                 self._flow_control()
             finally:
@@ -287,30 +287,24 @@ class DetectorAgent:
             self._processed.update(self._committable())
 
     async def _commit_offsets(self, partitions: set[TP] | None = None) -> None:
-        """At least once: commit the offsets processed (of ``partitions``; by default, all once
-        the commit interval has passed since the last commit).
+        """At least once: commit the offsets processed (of ``partitions``; by default, all).
 
         Saved states record where their input stands, so the records a worker reads again
         for want of a commit (after a crash, or by a partition's next owner) are skipped,
         not applied twice: committing less often costs only re-reading them.
         """
-        now = time.monotonic()
-        if partitions is None and now < self._commit_at:
-            return
-        offsets = {
-            tp: o
-            for tp, o in self._processed.items()
-            if self._committed.get(tp) != o and (partitions is None or tp in partitions)
-        }
-        committed = not offsets or await self._consumer.commit_offsets(offsets)
+        pending = {tp: o for tp, o in self._processed.items() if partitions is None or tp in partitions}
+        offsets = {tp: o for tp, o in pending.items() if self._committed.get(tp) != o}
         if offsets:
+            committed = await self._consumer.commit_offsets(offsets)
             self.metrics.offset_commits.labels("ok" if committed else "failed").inc()
-        if committed:
+            if not committed:
+                return
             self._committed.update(offsets)
-            for tp in offsets if partitions is not None else list(self._processed):
-                self._processed.pop(tp, None)
-            if partitions is None:
-                self._commit_at = now + self._commit_every
+        for tp in pending:
+            del self._processed[tp]
+        if partitions is None:
+            self._commit_at = time.monotonic() + self._commit_every
 
     async def _undone(self, streams: list[str], failure: Exception) -> None:
         """Ready the streams for their batch to be redone after ``failure``.
@@ -777,7 +771,6 @@ class DetectorAgent:
     async def _commit_quietly(self, partitions: set[TP] | None) -> None:
         """Commit what is processed before letting partitions go; should that fail, the next
         owner reads the records again and skips those the states reflect."""
-        self._commit_at = 0.0
         try:
             await self._commit_offsets(partitions)
         except RETRYABLE as exc:
