@@ -29,13 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 from stream_worker import (
     PARTITIONS,
     calibrated,
     dataset,
+    encoded,
     live_events,
     measure_throughput,
     preproduce,
@@ -47,7 +47,7 @@ from app.apache_kafka import ApacheKafka
 from app.embedded import EmbeddedRedis
 from app.settings import Settings, load_settings
 from app.triggers import format_time
-from app.worker.feed import new_producer, topic_for
+from app.worker.feed import new_producer
 from app.worker.kafka import client_options
 
 SAMPLE_S = 30.0
@@ -83,7 +83,6 @@ async def deadlines_held(client: Redis, settings: Settings) -> int:
 CUSTOMERS = 400_000
 
 
-_TIME, _CUSTOMER = "@@occurred_at@@", "@@customer@@"
 # (seconds into the pool, topic, customer, the value's parts around its time and customer)
 Template = tuple[float, str, str, list[bytes]]
 
@@ -101,13 +100,8 @@ def pool(settings: Settings, rate: float, seed: int, seconds: float) -> list[Tem
     start = time.time()
     templates = []
     for after, event in live_events(rate, start, seed, scale, until=start + seconds, customers=CUSTOMERS):
-        customer = event["customer_id"]
-        # The two slots last, in this order: the value is then head, time, middle, customer, tail.
-        fields = {k: v for k, v in event.items() if k not in ("occurred_at", "customer_id")}
-        value = orjson.dumps({**fields, "occurred_at": _TIME, "customer_id": _CUSTOMER})
-        head, rest = value.split(_TIME.encode())
-        parts = [head, *rest.split(_CUSTOMER.encode())]
-        templates.append((after, topic_for(event["event_type"], settings), customer, parts))
+        topic, parts = encoded(settings, event, "occurred_at", "customer_id")
+        templates.append((after, topic, event["customer_id"], parts))
     return templates
 
 

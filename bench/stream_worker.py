@@ -205,7 +205,10 @@ def _moved(customer: str, by: int) -> str:
 async def measure_latency(settings: Settings, rate: float, seconds: float, seed: int) -> dict[str, Any]:
     # Encoded before the clock starts, all but the time: sending costs the harness (which
     # shares the cores with the worker) as little as it can.
-    events = [(after, *_encoded(settings, event)) for after, event in live_traffic(rate, seconds, seed)]
+    events = [
+        (after, event["customer_id"].encode(), *encoded(settings, event, "occurred_at"))
+        for after, event in live_traffic(rate, seconds, seed)
+    ]
     # Read as the trigger topic's consumers read: exactly once, only what is committed.
     tail = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -245,7 +248,7 @@ async def measure_latency(settings: Settings, rate: float, seconds: float, seed:
     await asyncio.sleep(max(0.0, started - time.time()))  # let the tail's first fetch settle
     pending = []
     behind: list[float] = []
-    for after, topic, key, head, tail_ in events:
+    for after, key, topic, (head, tail_) in events:
         at = started + after
         # Event time = the moment it is sent: a trigger's lag behind its event is its latency.
         at_ms = int(at * 1000)
@@ -275,14 +278,16 @@ async def measure_latency(settings: Settings, rate: float, seconds: float, seed:
     }
 
 
-_TIME_SLOT = "@@occurred_at@@"
-
-
-def _encoded(settings: Settings, event: dict[str, Any]) -> tuple[str, bytes, bytes, bytes]:
-    """(topic, key, the value before its ``occurred_at``, the value after it)."""
-    topic = topic_for(event["event_type"], settings)
-    head, tail = orjson.dumps({**event, "occurred_at": _TIME_SLOT}).split(_TIME_SLOT.encode())
-    return topic, event["customer_id"].encode(), head, tail
+def encoded(settings: Settings, event: dict[str, Any], *slots: str) -> tuple[str, list[bytes]]:
+    """``event``'s topic, and its JSON value cut around the fields ``slots``, to be filled in
+    at send time: ``len(slots) + 1`` parts (the fields go last, in the order given)."""
+    fields = {k: v for k, v in event.items() if k not in slots}
+    value = orjson.dumps({**fields, **{slot: f"@@{slot}@@" for slot in slots}})
+    parts = []
+    for slot in slots:
+        part, value = value.split(f"@@{slot}@@".encode())
+        parts.append(part)
+    return topic_for(event["event_type"], settings), [*parts, value]
 
 
 async def preproduce(settings: Settings, lines: list[bytes]) -> None:
