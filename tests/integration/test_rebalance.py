@@ -18,16 +18,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 from chaos import compare, shop, with_ticks
 from faults import STALL, planted
 from harness import (
-    PARTITIONS,
     TIMEOUT,
     WorkerProcess,
     Workers,
     create_topics,
     isolated_env,
+    partition_of,
     produce,
     replay,
     run,
@@ -110,7 +109,7 @@ def test_a_paused_worker_is_fenced_off_when_it_wakes_and_nothing_is_lost(
         # And has claimed the stream the zombie stalled in (its epoch moved on past the
         # zombie's claim): the zombie's pending save includes that stream, so it must be refused.
         # (Streams are claimed with their first batch: others may not be claimed yet.)
-        stalled = stream_of(partition_of(middle["customer_id"]))
+        stalled = stream_of(partition_of(middle["customer_id"].encode()))
         claimed = lambda: claimed_twice(own_redis, settings.redis_prefix, stalled)  # noqa: E731
         wait_until("the successor's claim", claimed, 60)
     finally:
@@ -139,13 +138,6 @@ def claimed_twice(redis: EmbeddedRedis, prefix: str, stream: str) -> bool:
         return int(client.get(f"{prefix}:epoch:{{{stream}}}") or 0) >= 2
     finally:
         client.close()
-
-
-def partition_of(customer: str) -> int:
-    """The input partition of ``customer``'s events (the producer's default partitioner, by key)."""
-    partitions = list(range(PARTITIONS))
-    partition: int = DefaultPartitioner()(customer.encode(), partitions, partitions)
-    return partition
 
 
 def test_a_batch_retrying_while_redis_hangs_gives_its_partitions_up_at_once(
