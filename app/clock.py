@@ -26,6 +26,7 @@ restart, too coarse to tell who they are.
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Iterable
 from typing import Final
@@ -76,6 +77,26 @@ class EventClock:
             self.time = confirmed
             return confirmed
         return None
+
+    def reach(self, seen: Iterable[tuple[int, str]]) -> int | None:
+        """The furthest the clock can get by observing ``seen`` (time, customer) pairs.
+
+        It moves to the lowest time of ``QUORUM`` distinct voters, so never past the
+        ``QUORUM``-th latest of all the voters' latest times.
+
+        >>> clock = EventClock(100, [(1, 100), (2, 105), (3, 110)])
+        >>> clock.reach([(9_999_999, "x"), (9_999_999, "x"), (130, "a"), (120, "b")])
+        120
+        """
+        latest = dict(self._voters)
+        for ts, who in seen:
+            known = latest.get(who)
+            if known is None or ts > known:
+                latest[who] = ts
+        if len(latest) < QUORUM:
+            return self.time
+        bound = heapq.nlargest(QUORUM, latest.values())[-1]
+        return bound if self.time is None or bound > self.time else self.time
 
     def advance(self, to: int) -> bool:
         """Move the clock to ``to`` if that is later (the deployment's time reached this stream); moved?"""

@@ -13,6 +13,12 @@ the states as stored, without that event (its status says ``internal_error``,
 its outcome's ``failures`` why); when firing a customer's deadline raises, it
 is redone with that deadline dropped (``broken``). Both are as deterministic
 as the fault: replay and the worker skip the same events.
+
+With a ``lookahead``, each stream's processor holds only the deadlines due
+within that much event time past what its batches need; the store keeps the
+rest (hours of quiet-hours releases, on a busy stream millions) until the
+stream's time comes near them. Without one, it holds them all: replay's store
+is memory anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from app.events import Event, ForgetRequest
 from app.learning.labels import LabelledExample
 from app.policy import Policy
 from app.processor import (
+    END_OF_TIME,
     Broken,
     DeadlineFailed,
     EventFailed,
@@ -88,6 +95,7 @@ class Pipeline:
         render: Render | None = None,
         on_claim: OnClaim | None = None,
         undo: bool = False,
+        lookahead: int | None = None,
     ) -> None:
         """``render`` builds each trigger's record as the core routes it (see :class:`StreamProcessor`).
 
@@ -108,6 +116,9 @@ class Pipeline:
         undo
             Whether each save keeps its undo (see :class:`~app.state.store.StreamSave`): when
             the input's offsets are committed after the save, in a transaction.
+        lookahead
+            Event time (ms): each stream holds in memory only the deadlines due up to this
+            far past what its batches need (None: all of them).
         """
         self.detector = detector
         self.policy = policy
@@ -115,6 +126,7 @@ class Pipeline:
         self.render = render
         self.on_claim = on_claim
         self.undo = undo
+        self.lookahead = lookahead
         self._processors: dict[str, StreamProcessor] = {}
         # Deadlines that could not be fired, and why: dropped instead when due again.
         self._broken: Broken = {}
@@ -125,6 +137,9 @@ class Pipeline:
         self._epochs: dict[str, int] = {}
         # Per stream, where its input stands as of the last commit (see StreamSave.positions).
         self._positions: dict[str, dict[str, int]] = {}
+        # Per stream, the event time up to which its deadlines are held (with a lookahead):
+        # a stream reopened to redo a batch holds as many as the batch needed.
+        self._horizons: dict[str, int] = {}
 
     async def open(self, streams: Iterable[str]) -> None:
         """Resume streams not open yet from their checkpoints in the store.
@@ -141,15 +156,32 @@ class Pipeline:
                     self._epochs[stream] = epoch
                 checkpoint = await self.store.checkpoint(stream)
                 self._positions[stream] = dict(checkpoint.positions)
+                horizon = self._horizon(stream, checkpoint.clock)
                 self._processors[stream] = StreamProcessor(
                     self.detector,
                     self.policy,
                     clock=EventClock(checkpoint.clock, checkpoint.recent),
-                    deadlines=checkpoint.deadlines,
+                    deadlines=await self.store.deadlines(stream, until=horizon) if horizon >= 0 else {},
+                    horizon=horizon,
                     render=self.render,
                     broken=self._broken,
                     parked=self._parked.get(stream, ()),
                 )
+
+    def _horizon(self, stream: str, clock: int | None) -> int:
+        """How far a stream opened at ``clock`` holds deadlines: -1, none, until its time is known."""
+        if self.lookahead is None:
+            return END_OF_TIME
+        return max(self._horizons.get(stream, -1), -1 if clock is None else clock + self.lookahead)
+
+    async def _hold(self, stream: str, need: int | None) -> None:
+        """Make ``stream`` hold its deadlines up to ``need`` (and the lookahead past it)."""
+        processor = self._processors[stream]
+        if need is None or need <= processor.horizon:
+            return
+        to = END_OF_TIME if self.lookahead is None else min(need + self.lookahead, END_OF_TIME)
+        processor.hold(await self.store.deadlines(stream, processor.horizon, to), to)
+        self._horizons[stream] = to
 
     def reset(self, streams: Iterable[str]) -> None:
         """Forget streams' in-memory progress since the last commit: a batch to redo.
@@ -175,6 +207,7 @@ class Pipeline:
             self._parked.pop(stream, None)
             self._epochs.pop(stream, None)
             self._positions.pop(stream, None)
+            self._horizons.pop(stream, None)
 
     def processor(self, stream: str) -> StreamProcessor:
         return self._processors[stream]
@@ -221,6 +254,9 @@ class Pipeline:
         """
         streams = [*events, *(s for s in advance or () if s not in events)]
         await self.open(streams)
+        for stream in streams:
+            quiet = advance.get(stream) if advance and stream not in events else None
+            await self._hold(stream, self._processors[stream].needs(events.get(stream, ()), quiet))
         customers: dict[str, set[str]] = {}
         for stream, stream_events in events.items():
             customers[stream] = set(map(_customer_id, stream_events)) | self._processors[stream].due(
@@ -296,6 +332,7 @@ class Pipeline:
         def step(states: dict[str, CustomerState], errors: list[Exception] | None) -> dict[str, Outcome]:
             return {} if errors is not None else {stream: self._processors[stream].flush(states)}
 
+        await self._hold(stream, END_OF_TIME)
         return await self._guarded({stream: set(self._processors[stream].deadlines)}, step)
 
     async def _guarded(self, customers: dict[str, set[str]], step: Step) -> Batch:

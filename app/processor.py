@@ -32,6 +32,15 @@ the stream was cut into batches. The caller supplies the states of every
 customer the batch touches, including those whose deadlines fall due
 (:meth:`StreamProcessor.due`), and persists what comes back.
 
+Pending deadlines can be many (quiet hours defer triggers by hours), and the
+caller keeps them all in its store: a processor may hold only those up to its
+*horizon*. It says how far a batch needs them held (:meth:`StreamProcessor.needs`),
+the caller hands it the ones in between (:meth:`StreamProcessor.hold`), and a
+deadline set beyond the horizon is only passed on to the store. A customer's
+deadline is a function of their state, so their own event, which may be days
+ahead of the stream, finds it there. What fires, and when, does not depend on
+the horizon.
+
 An exception while applying one event raises :class:`EventFailed` (its index
 in the batch); one while firing a customer's deadline raises
 :class:`DeadlineFailed`. The caller then redoes the batch from the states as
@@ -172,11 +181,13 @@ class StreamProcessor:
         *,
         clock: EventClock | None = None,
         deadlines: Mapping[str, int] | None = None,
+        horizon: int = END_OF_TIME,
         render: Render | None = None,
         broken: Broken | None = None,
         parked: Sequence[Parked] = (),
     ) -> None:
-        """``policy`` judges each detection; ``render`` turns each trigger into its record as it
+        """``policy`` judges each detection; ``deadlines`` are the stream's pending ones up to
+        ``horizon`` (all of them by default); ``render`` turns each trigger into its record as it
         is routed, so that a trigger
         that cannot be built fails the event that made it; ``broken`` names the deadlines
         whose firing failed before (why): they are dropped instead of fired; ``parked`` the
@@ -190,6 +201,7 @@ class StreamProcessor:
         self._lateness = window.allowed_lateness
         self._skew = window.max_future_skew
         self._deadlines: dict[str, int] = dict(deadlines or {})
+        self._horizon = horizon
         self._heap = [(deadline, customer) for customer, deadline in self._deadlines.items()]
         heapq.heapify(self._heap)
         # The event time a lagging input may still deliver (see process); None: nothing held back.
@@ -215,6 +227,41 @@ class StreamProcessor:
     @property
     def deadlines(self) -> Mapping[str, int]:
         return self._deadlines
+
+    @property
+    def horizon(self) -> int:
+        """Event time up to which every pending deadline of the stream is held here."""
+        return self._horizon
+
+    def needs(self, events: Sequence[Event], until: int | None = None) -> int | None:
+        """How far deadlines must be held to process ``events``, then :meth:`advance` to ``until``.
+
+        Parameters
+        ----------
+        events
+            The stream's next batch.
+        until
+            The event time the batch then advances the stream to, if any.
+
+        Returns
+        -------
+        int or None
+            The event time to :meth:`hold` deadlines up to first; None if they are held already.
+        """
+        # Deadlines fire as the stream's clock passes them, and it never passes this.
+        need = max(self.clock or 0, until or 0)
+        if events and (max(map(_occurred_at, events)) - _EPOCH) // _MILLISECOND > self._horizon:
+            # Only what several customers agree on moves the clock: a device far ahead
+            # must not pull every deadline in.
+            need = max(need, self.event_clock.reach((e.ts, e.customer_id) for e in events) or 0)
+        return need if need > self._horizon else None
+
+    def hold(self, deadlines: Mapping[str, int], horizon: int) -> None:
+        """Hold the stream's pending ``deadlines`` after the current horizon, up to ``horizon``."""
+        for customer, deadline in deadlines.items():
+            self._deadlines[customer] = deadline
+            heapq.heappush(self._heap, (deadline, customer))
+        self._horizon = max(self._horizon, horizon)
 
     @property
     def parked(self) -> list[Parked]:
@@ -375,22 +422,34 @@ class StreamProcessor:
             self._provisional = ts
         if state is None:
             state = states[customer] = CustomerState(customer_id=customer)
+            armed = False
+        else:
+            # Whether the customer may have a deadline beyond the horizon, which only the
+            # store holds: dropped there if the event leaves them none.
+            armed = self._horizon < END_OF_TIME and (
+                state.cart is not None or bool(state.pending) or bool(state.deferred)
+            )
         deadlines = self._deadlines
         own = deadlines.get(customer)
+        beyond = own is None and armed
+        if beyond:
+            own = self._wake(state)  # past the horizon: only the store holds it
         if own is not None and own <= ts - lateness:
             # The customer's own event proves their deadlines passed, whatever the stream
             # clock (which trails on a sparse partition) says: fire them first, so the
             # outcome does not depend on how customers are spread over partitions.
+            if beyond:
+                outcome.deadlines[customer] = None  # whatever is left gets a new one
             self._fire(customer, own, ts - lateness, states, outcome)
         observation = self.detector.observe(state, event, ts)
         if observation is QUIET:
             outcome.touched.add(customer)
-            if state.cart is not None or state.pending or customer in deadlines:
-                self._collect(state, observation, outcome)
+            if armed or state.cart is not None or state.pending or customer in deadlines:
+                self._collect(state, observation, outcome, armed)
         elif observation.duplicate:
             return Status.DUPLICATE
         else:
-            self._collect(state, observation, outcome)
+            self._collect(state, observation, outcome, armed)
         if self._parked:
             self._decide_parked(states, outcome)
         return Status.APPLIED
@@ -474,8 +533,8 @@ class StreamProcessor:
         states[customer] = CustomerState(customer_id=customer)
         outcome.touched.discard(customer)
         outcome.forgotten.append(request)
-        if self._deadlines.pop(customer, None) is not None or customer in outcome.deadlines:
-            outcome.deadlines[customer] = None
+        self._deadlines.pop(customer, None)
+        outcome.deadlines[customer] = None
 
     def _fire_due(self, watermark: int, states: dict[str, CustomerState], outcome: Outcome) -> None:
         heap = self._heap
@@ -524,7 +583,13 @@ class StreamProcessor:
         else:
             outcome.suppressed[(detection.moment, judgement.reason or verdict.value)] += 1
 
-    def _collect(self, state: CustomerState, observation: Observation, outcome: Outcome) -> None:
+    def _collect(
+        self, state: CustomerState, observation: Observation, outcome: Outcome, armed: bool = False
+    ) -> None:
+        """Route the observation's detections; the customer's next deadline, set (to the store) if it moved.
+
+        ``armed``: the customer may have a deadline beyond the horizon, unknown here.
+        """
         customer = state.customer_id
         outcome.touched.add(customer)
         for detection in observation.detections:
@@ -533,14 +598,13 @@ class StreamProcessor:
             outcome.suppressed.update(observation.suppressed)
         if observation.examples:
             outcome.examples.extend(observation.examples)
-        wake = self.detector.next_deadline(state)
-        if state.deferred:
-            release = self.policy.next_release(state)
-            wake = release if wake is None or (release is not None and release < wake) else wake
-        if wake == self._deadlines.get(customer):
+        wake = self._wake(state)
+        held = self._deadlines.get(customer)
+        if wake == held and (held is not None or not armed):
             return
-        if wake is None:
-            self._deadlines.pop(customer, None)
+        if wake is None or wake > self._horizon:
+            if held is not None:
+                del self._deadlines[customer]
         else:
             self._deadlines[customer] = wake
             heapq.heappush(self._heap, (wake, customer))
@@ -550,6 +614,14 @@ class StreamProcessor:
                 self._heap[:] = [(d, c) for c, d in self._deadlines.items()]
                 heapq.heapify(self._heap)
         outcome.deadlines[customer] = wake
+
+    def _wake(self, state: CustomerState) -> int | None:
+        """The next event time the customer needs waking at: their cart, an outcome, a release."""
+        wake = self.detector.next_deadline(state)
+        if state.deferred:
+            release = self.policy.next_release(state)
+            wake = release if wake is None or (release is not None and release < wake) else wake
+        return wake
 
 
 def without(events: Sequence[Event], skipped: Collection[int]) -> list[Event]:

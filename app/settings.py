@@ -128,6 +128,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A partition with nothing to read for this long follows the event time of the
     # deployment's other partitions, so its absence deadlines still fire.
     idle_partition_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 10_000
+    # Absence deadlines (open carts, releases at the end of quiet hours) due within this many
+    # seconds past a partition's time are held in the worker's memory; later ones stay in
+    # Redis until that time comes near, each partition reading the next span in one range
+    # query. Bounds memory by the deadlines of a span rather than all pending ones (hours
+    # of quiet-hours releases); longer spans mean fewer, larger reads.
+    deadline_lookahead_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86_400)] = 60
     # Moment configuration (TOML) merged over the shipped defaults.
     moments_config: str | None = None
 

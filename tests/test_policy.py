@@ -745,7 +745,7 @@ def test_deferrals_survive_a_restart() -> None:
     expected = Stream(configured())
     expected.send(*night)
     assert trigger_bytes(released) == trigger_bytes(expected.published)
-    assert asyncio.run(store.checkpoint("p0")).deadlines == {}
+    assert asyncio.run(store.deadlines("p0")) == {}
 
     # Without the checkpointed deadline nothing wakes the customer: the wake-up comes from it.
     orphan = Stream(QUIET, deadlines={})
@@ -874,10 +874,10 @@ def test_forget_through_the_pipeline_leaves_nothing_in_the_store() -> None:
         )
         await pipeline.commit(batch)
         assert (await store.load({"p0": {"c1"}})).keys() == {"c1"}
-        assert (await store.checkpoint("p0")).deadlines.keys() == {"c1"}
+        assert (await store.deadlines("p0")).keys() == {"c1"}
         batch = await pipeline.run({"p0": [request, granted("11h55m", customer="c2")]})
         await pipeline.commit(batch)
-        return batch.forgotten, await store.load({"p0": {"c1"}}), (await store.checkpoint("p0")).deadlines
+        return batch.forgotten, await store.load({"p0": {"c1"}}), (await store.deadlines("p0"))
 
     forgotten, left, deadlines = asyncio.run(run())
     assert forgotten == [request]

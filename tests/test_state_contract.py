@@ -122,7 +122,7 @@ async def test_a_stale_version_is_refused_and_nothing_of_the_batch_is_written(st
     assert loaded["c1"].state.last_ts == 4_000
     checkpoint = await store.checkpoint("p0")
     assert checkpoint.clock == 4_000
-    assert checkpoint.deadlines == {}
+    assert await store.deadlines("p0") == {}
 
 
 async def test_a_write_expecting_a_state_that_is_gone_is_refused(store: StateStore) -> None:
@@ -142,7 +142,7 @@ async def test_two_writers_from_the_same_version_only_the_first_wins(store: Stat
 async def test_a_new_stream_has_no_checkpoint(store: StateStore) -> None:
     checkpoint = await store.checkpoint("never-seen")
     assert checkpoint.clock is None
-    assert checkpoint.deadlines == {}
+    assert await store.deadlines("never-seen") == {}
 
 
 async def test_checkpoints_keep_clock_and_deadlines_per_stream(store: StateStore) -> None:
@@ -150,8 +150,17 @@ async def test_checkpoints_keep_clock_and_deadlines_per_stream(store: StateStore
     await store.save([StreamSave("p1", [], 6_000, {"c3": 9_000})])
     await store.save([StreamSave("p0", [], 5_500, {"c1": None, "c2": 8_500})])
     p0, p1 = await store.checkpoint("p0"), await store.checkpoint("p1")
-    assert (p0.clock, p0.deadlines) == (5_500, {"c2": 8_500})
-    assert (p1.clock, p1.deadlines) == (6_000, {"c3": 9_000})
+    assert (p0.clock, await store.deadlines("p0")) == (5_500, {"c2": 8_500})
+    assert (p1.clock, await store.deadlines("p1")) == (6_000, {"c3": 9_000})
+
+
+async def test_deadlines_are_read_by_range_of_event_time(store: StateStore) -> None:
+    await store.save([StreamSave("p0", [], 5_000, {"c1": 7_000, "c2": 8_000, "c3": 9_000, "c4": 10_000})])
+    await store.save([StreamSave("p1", [], 5_000, {"c5": 8_000})])
+    assert await store.deadlines("p0", until=7_999) == {"c1": 7_000}
+    assert await store.deadlines("p0", 7_000, 9_000) == {"c2": 8_000, "c3": 9_000}
+    assert await store.deadlines("p0", after=9_000) == {"c4": 10_000}
+    assert await store.deadlines("p0", 10_000, 2**62) == {}
 
 
 async def test_checkpoints_keep_each_sources_position_a_refused_save_moves_none(
@@ -175,7 +184,7 @@ async def test_one_save_spans_streams_and_is_all_or_nothing_for_each(store: Stat
             StreamSave("p1", [write(rich_state("c2"))], 5_000, {"c2": 9_500}),
         ]
     )
-    assert (await store.checkpoint("p0")).deadlines == {"c1": 9_000}
+    assert await store.deadlines("p0") == {"c1": 9_000}
     assert (await store.checkpoint("p1")).clock == 5_000
     with pytest.raises(ConflictError):
         await store.save(
@@ -212,8 +221,8 @@ async def test_forget_erases_the_state_and_every_deadline(store: StateStore) -> 
     # A tombstone: nothing of the customer, at a version a write loaded before cannot pass.
     assert loaded["c1"].state == CustomerState(customer_id="c1")
     assert loaded["c1"].version == 2
-    assert (await store.checkpoint("p0")).deadlines == {"c2": 1_804_000}
-    assert (await store.checkpoint("p1")).deadlines == {}
+    assert await store.deadlines("p0") == {"c2": 1_804_000}
+    assert await store.deadlines("p1") == {}
     assert await store.forget("c1") is False
     with pytest.raises(ConflictError):
         await store.save([StreamSave("p0", [write(rich_state("c1"), version=1)], 5_000, {})])
@@ -497,7 +506,8 @@ async def test_a_later_claim_fences_the_earlier_writer_out_states_and_checkpoint
         await store.save([StreamSave("p0", [write(stale)], 1_000, {"c1": None}, epoch=first)])
     assert refused.value.streams == {"p0"}
     assert list(await store.load({"p0": ["c1", "c2"]})) == ["c1"]
-    assert await store.checkpoint("p0") == Checkpoint(4_000, {"c1": 9_000}, [])
+    assert await store.checkpoint("p0") == Checkpoint(4_000, [])
+    assert await store.deadlines("p0") == {"c1": 9_000}
     await store.save([StreamSave("p0", [write(stale)], 5_000, {}, epoch=second)])
     assert list(await store.load({"p0": ["c1", "c2"]})) == ["c1", "c2"]
 

@@ -144,6 +144,11 @@ class Failing:
     async def checkpoint(self, stream: str) -> Checkpoint:
         raise self.error
 
+    async def deadlines(
+        self, stream: str, after: int | None = None, until: int | None = None
+    ) -> dict[str, int]:
+        raise self.error
+
     async def forget(self, customer: str) -> bool:
         raise self.error
 

@@ -204,9 +204,13 @@ class MemoryStateStore:
 
     async def checkpoint(self, stream: str) -> Checkpoint:
         clock, recent = self._clocks.get(stream, (None, []))
-        return Checkpoint(
-            clock, dict(self._deadlines.get(stream, {})), recent, dict(self._positions.get(stream, {}))
-        )
+        return Checkpoint(clock, recent, dict(self._positions.get(stream, {})))
+
+    async def deadlines(
+        self, stream: str, after: int | None = None, until: int | None = None
+    ) -> dict[str, int]:
+        pending = self._deadlines.get(stream, {}).items()
+        return {c: d for c, d in pending if (after is None or d > after) and (until is None or d <= until)}
 
     async def clocks(self) -> dict[str, int]:
         return {stream: clock for stream, (clock, _) in self._clocks.items() if clock is not None}

@@ -483,16 +483,28 @@ class RedisStateStore:
     async def checkpoint(self, stream: str) -> Checkpoint:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(self.clock_key(stream))
-            pipe.zrange(self.deadlines_key(stream), 0, -1, withscores=True)
             pipe.hgetall(self.positions_key(stream))
-            clock, pending, positions = await pipe.execute()
+            clock, positions = await pipe.execute()
         time, *recent = (clock or b"-").split()
         return Checkpoint(
             None if time == b"-" else int(time),
-            {customer.decode(): int(deadline) for customer, deadline in pending},
             [_voter(i, entry) for i, entry in enumerate(recent)],
             {source.decode(): int(position) for source, position in positions.items()},
         )
+
+    async def deadlines(
+        self, stream: str, after: int | None = None, until: int | None = None
+    ) -> dict[str, int]:
+        pending = cast(
+            "list[tuple[bytes, float]]",
+            await self.client.zrangebyscore(
+                self.deadlines_key(stream),
+                "-inf" if after is None else f"({after}",
+                "+inf" if until is None else until,
+                withscores=True,
+            ),
+        )
+        return {customer.decode(): int(deadline) for customer, deadline in pending}
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         """The values of ``keys`` (bytes: decode_responses=False); on a cluster, one MGET per slot."""

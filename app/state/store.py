@@ -108,8 +108,9 @@ def compare_positions(positions: Mapping[str, int], committed: Mapping[str, int 
 
 
 class Checkpoint(msgspec.Struct, frozen=True, gc=False):
+    """Where a stream stands; its pending deadlines are read apart (:meth:`StateStore.deadlines`)."""
+
     clock: int | None
-    deadlines: dict[str, int]
     recent: list[tuple[int, int]] = msgspec.field(default_factory=list)
     # See StreamSave.positions: what the stored states reflect of the input.
     positions: dict[str, int] = msgspec.field(default_factory=dict)
@@ -185,7 +186,25 @@ class StateStore(Protocol):
         """
 
     async def checkpoint(self, stream: str) -> Checkpoint:
-        """The stream's clock and pending deadlines (empty for a new stream)."""
+        """The stream's clock, its latest voters and its input positions (empty for a new stream)."""
+
+    async def deadlines(
+        self, stream: str, after: int | None = None, until: int | None = None
+    ) -> dict[str, int]:
+        """The stream's pending deadlines that fall in (``after``, ``until``].
+
+        Parameters
+        ----------
+        stream
+            The stream (a partition).
+        after, until
+            Event times (ms) bounding the deadlines wanted; None: unbounded on that side.
+
+        Returns
+        -------
+        dict
+            Customer -> their deadline (ms).
+        """
 
     async def clocks(self) -> dict[str, int]:
         """Every stream's clock as last saved (streams without one yet are absent)."""

@@ -185,6 +185,12 @@ class MeteredStore:
         result: Checkpoint = await self._timed("checkpoint", self.inner.checkpoint(stream))
         return result
 
+    async def deadlines(
+        self, stream: str, after: int | None = None, until: int | None = None
+    ) -> dict[str, int]:
+        result: dict[str, int] = await self._timed("checkpoint", self.inner.deadlines(stream, after, until))
+        return result
+
     async def claim(self, stream: str) -> int:
         result: int = await self._timed("checkpoint", self.inner.claim(stream))
         return result

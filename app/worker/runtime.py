@@ -74,7 +74,9 @@ def build_app(
     key = settings.pseudonym_key.encode() if settings.pseudonym_key else b""
     scorer = Scorer(catalogue, learn=False, pseudonym_key=key) if catalogue.learning.enabled else None
     detector = Detector(catalogue, scorer=scorer)
-    pipeline = Pipeline(detector, Policy(catalogue.policy), store)
+    pipeline = Pipeline(
+        detector, Policy(catalogue.policy), store, lookahead=settings.deadline_lookahead_s * 1000
+    )
     agent = DetectorAgent(app, settings, pipeline, source=catalogue.trigger.source, metrics=metrics)
     if detector.models is not None:
         _learn(app, settings, catalogue, detector.models, metrics)

@@ -244,8 +244,8 @@ def test_deferred_triggers_survive_a_restart(
             waiting = {c: len(v.state.deferred) for c, v in states.items()}
             deadlines = {}
             for c in [*deferred, expiring]:
-                checkpoint = await store.checkpoint(stream_of(partition_of(c.encode())))
-                deadlines[c] = checkpoint.deadlines.get(c, -1)
+                stream = await store.deadlines(stream_of(partition_of(c.encode())))
+                deadlines[c] = stream.get(c, -1)
             return waiting, deadlines
         finally:
             await store.close()
