@@ -8,7 +8,7 @@ import gc
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     limit.add_argument("--hours", type=float, help="stop after this much event time")
     gn.add_argument(
         "--start",
-        type=datetime.fromisoformat,
+        type=_aware_time,
         default=None,
-        help="event time of the first session (RFC 3339; default 2026-11-25T00:00:00Z)",
+        help="event time of the first session (RFC 3339, UTC without an offset; default 2026-11-25T00:00Z)",
     )
     gn.add_argument("--out", type=Path)
     gn.set_defaults(run=_generate)
@@ -249,6 +249,7 @@ def _dev(args: argparse.Namespace) -> int:
         json=args.json,
         out=sys.stdout,
         broker=args.broker,
+        start=args.start,
     )
     return stack.run(args.duration)
 
@@ -267,6 +268,7 @@ def _feed(args: argparse.Namespace) -> int:
             customers=args.customers,
             seed=args.seed,
             count=args.events,
+            start=args.start,
         )
     )
     print(f"sent {sent} events", file=sys.stderr)
@@ -304,6 +306,12 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _aware_time(text: str) -> datetime:
+    """An RFC 3339 time; without an offset, UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _live_traffic_options(command: argparse.ArgumentParser, *, speed: float, customers: int) -> None:
     """The options of a command that sends generated traffic paced in real time."""
     command.add_argument("--rate", type=float, default=20.0, help="events per second sent (default 20)")
@@ -315,6 +323,13 @@ def _live_traffic_options(command: argparse.ArgumentParser, *, speed: float, cus
     )
     command.add_argument("--customers", type=int, default=customers)
     command.add_argument("--seed", type=int, default=1)
+    command.add_argument(
+        "--start",
+        type=_aware_time,
+        default=None,
+        help="event time of the first event (RFC 3339; default: now). Quiet hours hold triggers back"
+        " at night in the customers' time zones: pick a daytime start to see them at any hour",
+    )
 
 
 def _analysis(

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections import Counter
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,8 +48,10 @@ class DevStack:
         json: bool,
         out: IO[str],
         broker: str = "embedded",
+        start: datetime | None = None,
     ) -> None:
         self.broker = broker
+        self.start = start
         self.rate = rate
         self.speed = speed
         self.customers = customers
@@ -127,7 +130,13 @@ class DevStack:
             self.sent = count
 
         await feed_live(
-            settings, rate=self.rate, speed=self.speed, customers=self.customers, seed=self.seed, on_sent=sent
+            settings,
+            rate=self.rate,
+            speed=self.speed,
+            customers=self.customers,
+            seed=self.seed,
+            on_sent=sent,
+            start=self.start,
         )
 
     async def _tail(self, settings: Settings) -> None:

@@ -71,9 +71,9 @@ async def lags(settings: Settings, reader: AIOKafkaConsumer) -> dict[TopicPartit
     return found
 
 
-async def deadlines_held(client: Redis, settings: Settings) -> int:
-    """Customers with a pending deadline (a cart, a trigger held back by quiet hours), all streams:
-    what a worker keeps in memory per customer beyond its batches."""
+async def deadlines_pending(client: Redis, settings: Settings) -> int:
+    """Customers with a pending deadline (a cart, a trigger held back by quiet hours), all streams,
+    as Redis holds them: the worker holds only those due within MM_DEADLINE_LOOKAHEAD_S."""
     keys = [f"{settings.redis_prefix}:deadlines:{{p{p}}}" for p in range(PARTITIONS)]
     return sum([await client.zcard(key) for key in keys])
 
@@ -194,7 +194,7 @@ async def soak(args: argparse.Namespace) -> int:
                         "lag": sum(lag for _, lag in found.values()),
                         "max_partition_lag": max(lag for _, lag in found.values()),
                         "longest_stall_s": stalled,
-                        "deadlines": await deadlines_held(client, settings),
+                        "deadlines": await deadlines_pending(client, settings),
                     }
                     samples.append(sample)
                     print(
@@ -202,7 +202,7 @@ async def soak(args: argparse.Namespace) -> int:
                         f"  rss {sample['rss_mb']:7.1f} MB"
                         f"  lag {sample['lag']:7,d}  (max partition {sample['max_partition_lag']:6,d})"
                         f"  longest stall so far {stalled:5.0f} s"
-                        f"  deadlines held {sample['deadlines']:8,d}",
+                        f"  deadlines pending {sample['deadlines']:8,d}",
                         flush=True,
                     )
             finally:

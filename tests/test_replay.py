@@ -213,3 +213,11 @@ async def test_late_events_are_reported_not_rejected(tmp_path: Path) -> None:
     )
     assert [(p.line, p.reason) for p in problems] == [(5, "late"), (6, "late")]
     assert (summary.late, sum(summary.rejected.values())) == (2, 0)
+
+
+@pytest.mark.parametrize("start", ["2026-11-25T12:00", "2026-11-25T12:00Z", "2026-11-25T13:00+01:00"])
+def test_cli_generate_starts_where_asked_utc_without_an_offset(tmp_path: Path, start: str) -> None:
+    out = tmp_path / "events.jsonl"
+    assert main(["generate", "--events", "5", "--start", start, "--out", str(out)]) == 0
+    first = orjson.loads(out.read_bytes().splitlines()[0])
+    assert first["occurred_at"].startswith("2026-11-25T12:00:00")

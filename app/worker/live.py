@@ -28,16 +28,21 @@ async def feed_live(
     seed: int = 1,
     count: int | None = None,
     on_sent: Callable[[int], None] | None = None,
+    start: datetime | None = None,
 ) -> int:
-    """Send ``count`` events (forever if None) paced as above; the number sent, once acknowledged."""
+    """Send ``count`` events (forever if None) paced as above; the number sent, once acknowledged.
+
+    Event time starts at ``start`` (default: now).
+    """
     if rate <= 0 or speed <= 0:
         raise ValueError("rate and speed must be positive")
     started = time.time()
+    begins = started if start is None else start.timestamp()
     generator = TrafficGenerator(
         seed=seed,
         customers=customers,
         events_per_second=rate / speed,
-        start=datetime.fromtimestamp(started, UTC),
+        start=datetime.fromtimestamp(begins, UTC),
         diurnal=False,
     )
     producer = new_producer(settings)
@@ -46,7 +51,7 @@ async def feed_live(
     try:
         for event in generator.events(count=count):
             event_time = datetime.fromisoformat(event["occurred_at"]).timestamp()
-            wait = (event_time - started) / speed - (time.time() - started)
+            wait = (event_time - begins) / speed - (time.time() - started)
             if wait > 0:
                 await asyncio.sleep(wait)
             await publish(producer, settings, [event], wait=False)

@@ -18,7 +18,22 @@ pytestmark = pytest.mark.integration
 def run_dev(*args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MM_")}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "dev", "--duration", "20", "--rate", "200", "--speed", "60", *args],
+        # Daytime in the generator's time zones: at night quiet hours would hold every trigger back.
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "dev",
+            "--duration",
+            "20",
+            "--rate",
+            "200",
+            "--speed",
+            "60",
+            "--start",
+            "2026-11-25T12:00:00Z",
+            *args,
+        ],
         env=base,
         cwd=ROOT,
         capture_output=True,

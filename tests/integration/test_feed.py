@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -36,8 +36,9 @@ def test_feed_sends_keyed_time_stamped_events(
     settings = load_settings(env)
     asyncio.run(ensure_topics(settings))
 
-    # Fast: 2,000 events/s of wall-clock time, event time 100x faster.
-    assert cli.main(["feed", "--events", "60", "--rate", "2000", "--speed", "100", "--seed", "3"]) == 0
+    # Fast: 2,000 events/s of wall-clock time, event time 100x faster, from noon UTC (no offset given).
+    feed = ["feed", "--events", "60", "--rate", "2000", "--speed", "100", "--seed", "3"]
+    assert cli.main([*feed, "--start", "2026-11-25T12:00:00"]) == 0
 
     records = [r for topic in settings.input_topics for r in asyncio.run(read_topic(settings, topic))]
     assert len(records) == 60
@@ -47,6 +48,10 @@ def test_feed_sends_keyed_time_stamped_events(
         assert record.topic == topic_for(event["event_type"], settings)
         assert record.timestamp == int(datetime.fromisoformat(event["occurred_at"]).timestamp() * 1000)
     assert {r.topic for r in records} >= {settings.topic_clickstream}
+    noon = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    times = sorted(datetime.fromisoformat(orjson.loads(r.value)["occurred_at"]) for r in records)
+    assert noon <= times[0]
+    assert times[-1] < noon + timedelta(hours=1)
 
 
 def test_feed_refuses_a_rate_of_zero(capsys: pytest.CaptureFixture[str]) -> None:
