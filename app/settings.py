@@ -50,10 +50,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How long a fetch may wait on the broker for data; bounds the idle latency.
     kafka_fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 10
     kafka_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000)] = 1
-    # At least once: how often processed offsets are committed to the group (0: after every
-    # batch). The states record what they reflect, so records read again after a crash are
-    # skipped: a longer interval costs re-reading, never duplicates; a commit per batch
-    # costs a round trip through the consumer's thread on every small batch, in latency.
+    # At least once: how often processed offsets are committed to the group under load (0:
+    # after every batch; a worker with nothing new for half a second commits at once). The
+    # states record what they reflect, so records read again after a crash are skipped: a
+    # longer interval costs re-reading, never duplicates; a commit per batch costs a round
+    # trip through the consumer's thread on every small batch, in latency.
     kafka_commit_interval_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 100
     # Where consumption starts for a new group: "earliest" loses nothing.
     kafka_auto_offset_reset: Literal["earliest", "latest"] = "earliest"

@@ -74,6 +74,10 @@ LAST_RETRY_S: Final = 5.0
 MAX_DETAIL: Final = 1024
 # How often quiet streams are looked for, and the stream clocks of other workers read.
 QUIET_CHECK_S: Final = 1.0
+# At least once, a worker that has had nothing new to process for this long commits what it
+# has processed, whatever the commit interval: its lag then reads as it is, and a crash while
+# idle leaves nothing to read again.
+IDLE_COMMIT_S: Final = 0.5
 CLOCKS_REFRESH_S: Final = 5.0
 # Failures logged with their traceback per batch; the rest are only counted.
 LOGGED_FAILURES: Final = 5
@@ -189,6 +193,8 @@ class DetectorAgent:
         self._processed: dict[TP, int] = {}
         self._commit_every = settings.kafka_commit_interval_ms / 1000
         self._commit_at = 0.0
+        # When the last batch was done (time.monotonic).
+        self._handled_at = 0.0
         # Partition -> the records of its parked events (too far ahead, waiting for the
         # stream's time; by the event object's id), kept uncommitted until decided.
         self._parked: dict[int, dict[int, ConsumerRecord]] = {}
@@ -233,11 +239,16 @@ class DetectorAgent:
                 quiet = await self._quiet_streams(released)
                 if released or quiet:
                     await self._handle(released, quiet)
-                if self._processed and time.monotonic() >= self._commit_at:
+                if self._processed and self._commit_due(bool(fetch)):
                     await self._commit_offsets()
                 self._flow_control()
             finally:
                 self._left_at = time.monotonic()
+
+    def _commit_due(self, fetched: bool) -> bool:
+        """Whether to commit the offsets processed: the interval is up, or nothing new came."""
+        now = time.monotonic()
+        return now >= self._commit_at or (not fetched and now - self._handled_at >= IDLE_COMMIT_S)
 
     def _arrivals(self, tp: TP, records: Sequence[ConsumerRecord]) -> list[Arrival]:
         arrivals = []
@@ -282,6 +293,7 @@ class DetectorAgent:
                     return
                 delay = min(delay * 2, LAST_RETRY_S)
         account_completed(self.metrics, routed, batch, fetched, acknowledged, started)
+        self._handled_at = time.monotonic()
         if self.transactions is None:  # else the offsets went with the transactions
             # Taken now: records fetched later (or of a batch given up) are not processed.
             self._processed.update(self._committable())

@@ -125,6 +125,20 @@ def test_demo_day_gives_replays_triggers(
     assert moments["cart_abandonment"] > 0, "the ticks' deadlines are part of the comparison"
 
 
+def test_an_idle_worker_commits_what_it_processed_whatever_the_interval(
+    demo: tuple[list[bytes], Replayed], broker: Broker, redis_server: EmbeddedRedis, workers: Workers
+) -> None:
+    # A minute between commits under load; small batches, so the input takes many. Once the
+    # worker has nothing new, its offsets are committed: the group shows no lag within seconds.
+    lines, _ = demo
+    env = isolated_env(broker, redis_server, "idle", MM_KAFKA_COMMIT_INTERVAL_MS="60000", MM_BATCH_MAX="100")
+    settings = settings_of(env)
+    run(create_topics(settings))
+    run(produce(settings, lines))
+    workers.start(env)
+    run(wait_consumed(settings, workers, within=30))
+
+
 def test_reordered_inputs_are_recognised() -> None:
     settings = settings_of({"MM_PARTITIONS": str(PARTITIONS)})
     search, view = raw("search", "1m", query="tv"), raw("page_view", "0s")
