@@ -177,9 +177,9 @@ class Pipeline:
     async def _hold(self, stream: str, need: int | None) -> None:
         """Make ``stream`` hold its deadlines up to ``need`` (and the lookahead past it)."""
         processor = self._processors[stream]
-        if need is None or need <= processor.horizon:
-            return
-        to = END_OF_TIME if self.lookahead is None else min(need + self.lookahead, END_OF_TIME)
+        if need is None or need <= processor.horizon or self.lookahead is None:
+            return  # without a lookahead, a stream holds them all from its opening
+        to = min(need + self.lookahead, END_OF_TIME)
         processor.hold(await self.store.deadlines(stream, processor.horizon, to), to)
         self._horizons[stream] = to
 
